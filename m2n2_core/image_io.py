@@ -70,7 +70,7 @@ def _pil_to_rgb(img: Image.Image, max_pixels: Optional[int]) -> np.ndarray:
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, img)
-    return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
+    return np.array(img.convert("RGB"), dtype=np.uint8)  # a writable copy (np.asarray of a PIL image is read-only)
 
 
 def as_rgb_uint8(array: np.ndarray) -> np.ndarray:
