@@ -7,6 +7,7 @@ from typing import Optional
 
 import cv2
 import numpy as np
+import pytest
 import torch
 from scipy import ndimage
 
@@ -63,9 +64,10 @@ def affinity_attention(image: np.ndarray, r: int, sigma_color: float = 0.1, sigm
     return torch.from_numpy(a / a.sum(axis=1, keepdims=True)).to(torch.float32)
 
 
-def sd_like_attention(image: np.ndarray, r: int, seed: int, dim: int = 64) -> torch.Tensor:
+def sd_like_attention(image: np.ndarray, r: int, seed: int, dim: int = 64, spread: float = 2.5) -> torch.Tensor:
     """softmax(QKᵀ/√d) with Q, K random projections of smooth random features, cell colours and sinusoidal
-    positional terms: dense (every entry > 0), row-stochastic, locally peaked like an SD self-attention map."""
+    positional terms: dense (every entry > 0), row-stochastic, locally peaked like an SD self-attention map.
+    ``spread`` is the standard deviation the logits are scaled to (larger → more peaked rows)."""
     rng = np.random.default_rng(seed)
     smooth = ndimage.gaussian_filter(rng.standard_normal((r, r, dim)), sigma=(1.5, 1.5, 0)).reshape(r * r, dim)
     smooth /= smooth.std()
@@ -77,7 +79,8 @@ def sd_like_attention(image: np.ndarray, r: int, seed: int, dim: int = 64) -> to
     wq = rng.standard_normal((feats.shape[1], dim))
     q = feats @ wq
     k = feats @ (wq + 0.3 * rng.standard_normal(wq.shape))
-    logits = torch.from_numpy(q @ k.T / np.sqrt(dim))
+    logits = q @ k.T / np.sqrt(dim)
+    logits = torch.from_numpy(logits / logits.std() * spread)
     return torch.softmax(logits, dim=1).to(torch.float32)
 
 
@@ -85,3 +88,13 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     """Intersection over union of two boolean masks (1.0 when both are empty)."""
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+@pytest.fixture()
+def torch_single_thread():
+    """Run a test with one torch thread: the matrices here are tiny, and on a busy 2-core machine the thread pool's
+    synchronisation costs far more than it saves."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -140,3 +140,12 @@ def test_arrays_are_converted(array, expected):
 def test_bad_arrays_are_image_errors(array, message):
     with pytest.raises(ImageError, match=message):
         as_rgb_uint8(array)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA"])
+def test_decoded_arrays_are_writable(mode):
+    img = Image.new(mode, (4, 3))
+    for src in (encode(img, "PNG"), img):
+        out = load_image(src)
+        assert out.flags.writeable
+        out[0, 0] = 1  # callers may draw on the array they get
