@@ -87,3 +87,17 @@ def test_compact_with_zero_epsilon_keeps_every_nonzero_entry():
     a = banded(64, width=5, seed=8)
     t = Transition.compact(a, 0.0)
     assert torch.equal(kept_mask(t, a), a > 0)
+
+
+@pytest.mark.parametrize("per_row", [3, 4, 5])
+def test_compact_stays_within_half_the_dense_bytes_at_the_csr_break_even_point(per_row):
+    # 16×16 with exactly `per_row` nonzeros per row: 4 per row is where values + column indices alone take half of
+    # dense fp32; the row pointers must be counted too
+    n = 16
+    a = torch.zeros(n, n)
+    for i in range(n):
+        a[i, [(i + k) % n for k in range(per_row)]] = 1.0 / per_row
+    t = Transition.compact(a, 0.0)
+    assert t.nbytes <= n * n * 4 // 2
+    rows = t.step(torch.eye(n))
+    torch.testing.assert_close(rows / rows.amax(1, keepdim=True), a / a.amax(1, keepdim=True), rtol=1e-3, atol=1e-3)
