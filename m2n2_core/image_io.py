@@ -24,7 +24,9 @@ def load_image(src: ImageSource, max_pixels: Optional[int] = None) -> np.ndarray
     Raises ImageError for unreadable or truncated files and for images larger than ``max_pixels``.
     """
     if isinstance(src, np.ndarray):
-        return as_rgb_uint8(src)
+        rgb = as_rgb_uint8(src)
+        _check_size((rgb.shape[1], rgb.shape[0]), max_pixels)
+        return rgb
     if isinstance(src, Image.Image):
         return _pil_to_rgb(src, max_pixels)
     if isinstance(src, (bytes, bytearray)):
