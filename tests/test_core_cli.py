@@ -110,3 +110,11 @@ def test_python_dash_m_segment_with_the_affinity_source(image_file, tmp_path):
     mask = np.asarray(Image.open(out))
     assert mask.shape == (32, 40) and mask[16, 13] == 255 and mask[16, 28] == 0
     assert Image.open(overlay).size == (40, 32)
+
+
+@pytest.mark.usefixtures("torch_single_thread", "colour_affinity_source")
+@pytest.mark.parametrize("name", ["missing-dir/m.png", "m.unknown-extension"])
+def test_an_unwritable_output_exits_2_with_a_message(image_file, tmp_path, capsys, name):
+    code = main(["segment", str(image_file), "-p", "13,16", "--out", str(tmp_path / name),
+                 "--attention", "affinity", "--attention-resolution", "8", "--device", "cpu"])
+    assert code == 2 and "cannot write" in capsys.readouterr().err

@@ -149,3 +149,9 @@ def test_decoded_arrays_are_writable(mode):
         out = load_image(src)
         assert out.flags.writeable
         out[0, 0] = 1  # callers may draw on the array they get
+
+
+def test_too_many_pixels_in_an_array_is_an_image_error():
+    with pytest.raises(ImageError, match="more than the limit of 599"):
+        load_image(np.zeros((20, 30, 3), dtype=np.uint8), max_pixels=599)
+    check_rgb(load_image(np.zeros((20, 30), dtype=np.uint8), max_pixels=600), 20, 30)
