@@ -4,6 +4,10 @@ import torch
 
 from m2n2_core.balancing import balance, sharpen
 
+from core_helpers import torch_single_thread  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
 
 def random_stochastic(n: int, seed: int, zeros: bool = False) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)

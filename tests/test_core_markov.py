@@ -7,6 +7,10 @@ from m2n2_core.balancing import balance
 from m2n2_core.markov import click_grid_starts, markov_maps, start_vector
 from m2n2_core.transition import Transition
 
+from core_helpers import torch_single_thread  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
 
 class CountingTransition(Transition):
     """Transition.exact that counts its steps."""

@@ -1,4 +1,5 @@
 """The predictor API: input validation, attention formats, the per-point cache, fast path vs exact, end to end."""
+import importlib.util
 import threading
 
 import numpy as np
@@ -13,7 +14,7 @@ from m2n2_core.image_io import load_image
 from m2n2_core.predictor import M2N2Predictor
 
 from core_helpers import (affinity_attention, blocks_image, grabcut_dir, iou, sd_like_attention, smooth_image,
-                          torch_single_thread)
+                          torch_single_thread)  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -143,7 +144,7 @@ def test_threads_predicting_at_once_agree(predictor):
     def work(i):
         try:
             results[i] = fresh.predict(*clicks[i % 3])
-        except Exception as exc:  # noqa: BLE001 - collected and re-raised below
+        except Exception as exc:  # noqa: BLE001 - collected and asserted on below
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
@@ -284,8 +285,12 @@ def test_end_to_end_on_a_grabcut_photo(grabcut):
     image, gt = grabcut
     h, w = image.shape[:2]
     r = 32
-    p = M2N2Predictor(M2N2Config(attention_resolution=r), device="cpu")
-    p.set_attention(image, affinity_attention(image, r))
+    if importlib.util.find_spec("m2n2_core.attention.affinity") is not None:  # the project's weight-free source
+        p = M2N2Predictor(M2N2Config(attention="affinity", attention_resolution=r), device="cpu")
+        p.set_image(image)
+    else:  # before it lands: the same idea built here
+        p = M2N2Predictor(M2N2Config(attention_resolution=r), device="cpu")
+        p.set_attention(image, affinity_attention(image, r))
     dt = ndimage.distance_transform_edt(np.pad(gt, 1))[1:-1, 1:-1]
     y, x = np.unravel_index(np.argmax(dt), dt.shape)  # the object's most interior pixel, as the RITM clicker picks
     first = p.predict([(x, y)], [1])

@@ -4,6 +4,10 @@ import torch
 
 from m2n2_core.transition import Transition
 
+from core_helpers import torch_single_thread  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
 
 def banded(n: int, width: int, seed: int) -> torch.Tensor:
     """Row-stochastic, nonzero only within ``width`` of the diagonal, with a long thin tail of tiny entries."""

@@ -8,7 +8,9 @@ import torch
 from m2n2_core.upsampling import (bilinear_upsample, guide_image, interpolation_matrix, joint_bilateral_filter,
                                   upsample_markov_map)
 
-from core_helpers import smooth_image
+from core_helpers import smooth_image, torch_single_thread  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 def brute_force_jbf(values, guide, sx, sy, sr, stride_x=1, stride_y=1):
