@@ -3,8 +3,6 @@ full-resolution RGB image."""
 from __future__ import annotations
 
 import math
-from typing import Optional
-
 import numpy as np
 import torch
 
@@ -28,12 +26,11 @@ def bilinear_upsample(grid_map: torch.Tensor, height: int, width: int) -> torch.
 
 
 def joint_bilateral_filter(values: torch.Tensor, guide: torch.Tensor, sigma_x: float, sigma_y: float,
-                           sigma_range: float, stride_x: int = 1, stride_y: int = 1) -> torch.Tensor:
+                           sigma_range: float) -> torch.Tensor:
     """Σ_q Gs(p−q)·Gr(I_p−I_q)·values(q) / Σ_q Gs·Gr over the in-image offsets |dx| ≤ 3σx, |dy| ≤ 3σy.
 
     ``guide`` is H×W×3 in [0, 1]; Gs is a Gaussian with per-axis widths σx, σy (pixels), Gr a Gaussian of the RGB
-    Euclidean distance. With strides > 1 only every stride-th offset is visited (the fast approximation); strides of 1
-    are the exact filter.
+    Euclidean distance. This is the direct method: one pass over the image per offset.
     """
     h, w = values.shape
     rx, ry = int(math.ceil(3 * sigma_x)), int(math.ceil(3 * sigma_y))
@@ -41,8 +38,8 @@ def joint_bilateral_filter(values: torch.Tensor, guide: torch.Tensor, sigma_x: f
     den = torch.zeros(h, w, dtype=torch.float32)
     guide = guide.to(torch.float32)
     inv2r = 1.0 / (2 * sigma_range ** 2)
-    for dy in _offsets(ry, stride_y):
-        for dx in _offsets(rx, stride_x):
+    for dy in range(-ry, ry + 1):
+        for dx in range(-rx, rx + 1):
             gs = math.exp(-(dx * dx) / (2 * sigma_x ** 2) - (dy * dy) / (2 * sigma_y ** 2))
             ys, yd = _overlap(h, dy)
             xs, xd = _overlap(w, dx)
@@ -53,12 +50,6 @@ def joint_bilateral_filter(values: torch.Tensor, guide: torch.Tensor, sigma_x: f
     return num / den
 
 
-def _offsets(radius: int, stride: int):
-    """Symmetric offsets −radius..radius visiting 0 and every stride-th step either side."""
-    side = list(range(stride, radius + 1, stride))
-    return [-o for o in reversed(side)] + [0] + side
-
-
 def _overlap(n: int, d: int):
     """Slices (target, source) so that target index i reads source index i + d inside [0, n)."""
     if d >= 0:
@@ -66,22 +57,17 @@ def _overlap(n: int, d: int):
     return slice(-d, n), slice(0, n + d)
 
 
-def upsample_markov_map(grid_map: torch.Tensor, guide: torch.Tensor, sigma_spatial: float, sigma_range: float,
-                        stride: Optional[int] = 1) -> torch.Tensor:
-    """Bilinear upsample + joint bilateral filter, divided by the max: H×W float32 in [0, 1].
+def spatial_sigmas(sigma_spatial: float, height: int, width: int, r: int):
+    """σ_s grid cells in pixels per axis: (σx, σy) = (σ_s·W/r, σ_s·H/r)."""
+    return sigma_spatial * width / r, sigma_spatial * height / r
 
-    σ_s is in grid cells (σx = σ_s·W/r, σy = σ_s·H/r pixels). ``stride`` 1 is exact; None picks the fast stride
-    (about σ/2 per axis); an integer > 1 uses that stride on both axes.
-    """
+
+def upsample_markov_map(grid_map: torch.Tensor, guide: torch.Tensor, sigma_spatial: float,
+                        sigma_range: float) -> torch.Tensor:
+    """The direct method: bilinear upsample + joint bilateral filter, divided by the max (H×W float32 in [0, 1])."""
     h, w = guide.shape[:2]
-    r = grid_map.shape[-1]
-    sx, sy = sigma_spatial * w / r, sigma_spatial * h / r
-    if stride is None:
-        stx, sty = max(1, round(sx / 2)), max(1, round(sy / 2))
-    else:
-        stx = sty = int(stride)
-    up = bilinear_upsample(grid_map, h, w)
-    out = joint_bilateral_filter(up, guide, sx, sy, sigma_range, stx, sty)
+    sx, sy = spatial_sigmas(sigma_spatial, h, w, grid_map.shape[-1])
+    out = joint_bilateral_filter(bilinear_upsample(grid_map, h, w), guide, sx, sy, sigma_range)
     return out / out.max().clamp_min(1e-12)
 
 
@@ -102,7 +88,7 @@ class JBUOperator:
     def __init__(self, guide: torch.Tensor, r: int, sigma_spatial: float, sigma_range: float, rows_per_chunk: int = 32):
         h, w = guide.shape[:2]
         self.r, self.height, self.width = r, h, w
-        sx, sy = sigma_spatial * w / r, sigma_spatial * h / r
+        sx, sy = spatial_sigmas(sigma_spatial, h, w, r)
         rx, ry = int(math.ceil(3 * sx)), int(math.ceil(3 * sy))
         dxs, dys = list(range(-rx, rx + 1)), list(range(-ry, ry + 1))
         self.bx, rel_x = _block_weights(w, r, dxs)   # (W,), (W, n_dx, bw): cell weights relative to the block start

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from m2n2_core.upsampling import (bilinear_upsample, guide_image, interpolation_matrix, joint_bilateral_filter,
+from m2n2_core.upsampling import (JBUOperator, bilinear_upsample, guide_image, interpolation_matrix, joint_bilateral_filter,
                                   upsample_markov_map)
 
 from core_helpers import smooth_image, torch_single_thread  # noqa: F401 (fixture)
@@ -86,19 +86,11 @@ def test_joint_bilateral_filter_with_stride_one_equals_the_per_pixel_definition(
     np.testing.assert_allclose(out.numpy(), brute_force_jbf(values, guide, sx, sy, sr), rtol=1e-5, atol=1e-6)
 
 
-def test_strided_joint_bilateral_filter_visits_every_stride_th_offset():
-    rng = np.random.default_rng(4)
-    values = torch.from_numpy(rng.random((9, 11))).to(torch.float32)
-    guide = guide_image(smooth_image(9, 11, seed=5, sigma=1.0))
-    out = joint_bilateral_filter(values, guide, 2.0, 1.5, 0.2, stride_x=2, stride_y=3)
-    np.testing.assert_allclose(out.numpy(), brute_force_jbf(values, guide, 2.0, 1.5, 0.2, 2, 3), rtol=1e-5, atol=1e-6)
-
-
 def test_upsample_markov_map_is_the_filtered_bilinear_map_divided_by_its_max():
     r, h, w = 4, 16, 24
     grid_map = torch.rand(r, r, generator=torch.Generator().manual_seed(6)) * 50
     guide = guide_image(smooth_image(h, w, seed=7))
-    out = upsample_markov_map(grid_map, guide, sigma_spatial=1.0, sigma_range=0.1, stride=1)
+    out = upsample_markov_map(grid_map, guide, sigma_spatial=1.0, sigma_range=0.1)
     # σ_s = 1 grid cell = W/r = 6 pixels across, H/r = 4 pixels down
     ref = joint_bilateral_filter(bilinear_upsample(grid_map, h, w), guide, 6.0, 4.0, 0.1)
     assert out.shape == (h, w)
@@ -106,13 +98,12 @@ def test_upsample_markov_map_is_the_filtered_bilinear_map_divided_by_its_max():
     assert out.max().item() == pytest.approx(1.0) and out.min().item() >= 0.0
 
 
-def test_upsample_markov_map_fast_stride_stays_close_to_the_exact_filter():
-    r, h, w = 8, 32, 40
-    gy, gx = torch.meshgrid(torch.arange(r, dtype=torch.float32), torch.arange(r, dtype=torch.float32), indexing="ij")
-    grid_map = (gy - 3) ** 2 + (gx - 4) ** 2  # a smooth bowl, like a Markov-map around a click
+@pytest.mark.parametrize("r, h, w, sigma, sr", [(8, 32, 40, 1.0, 0.1), (5, 23, 17, 1.3, 0.25), (16, 20, 64, 0.7, 0.1)])
+def test_jbu_operator_equals_the_direct_filter(r, h, w, sigma, sr):
+    """The per-image operator (the fast path) gives the direct method's result for any map."""
     guide = guide_image(smooth_image(h, w, seed=8))
-    exact = upsample_markov_map(grid_map, guide, 1.0, 0.1, stride=1)
-    fast = upsample_markov_map(grid_map, guide, 1.0, 0.1, stride=None)
-    assert fast.max().item() == pytest.approx(1.0)
-    err = (fast - exact).abs()
-    assert err.mean().item() < 0.02 and err.max().item() < 0.1
+    op = JBUOperator(guide, r, sigma, sr, rows_per_chunk=7)
+    for seed in range(3):
+        grid_map = torch.rand(r, r, generator=torch.Generator().manual_seed(seed)) * 100
+        torch.testing.assert_close(op.apply(grid_map, rows_per_chunk=5), upsample_markov_map(grid_map, guide, sigma, sr),
+                                   atol=2e-6, rtol=1e-5)
