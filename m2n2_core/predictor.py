@@ -70,6 +70,11 @@ class PreparedImage:
         operator = self.jbu.nbytes if self.jbu is not None else 0
         return self.transition.nbytes + operator + self.image.nbytes + self.guide.numel() * 4 + cached
 
+    def clear_cache(self) -> None:
+        """Forget every cached click map (the balanced matrix and JBU operator stay)."""
+        with self._lock:
+            self._cache.clear()
+
     # ---- per click -------------------------------------------------------------------------------------------
     def distance_map(self, x: float, y: float) -> np.ndarray:
         """H×W float32 in [0, 1]: the click's final distance map D_i (spec §3)."""
