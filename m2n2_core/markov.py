@@ -1,0 +1,60 @@
+"""Markov-maps (spec §2): arrival times of a chain started at each click on the r×r grid."""
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import torch
+
+from .transition import Transition
+
+
+def start_vector(x: float, y: float, width: int, height: int, r: int) -> torch.Tensor:
+    """p₀ over the r×r grid (flattened row-major): the click at pixel (x, y) mapped to ((r−1)x/W, (r−1)y/H),
+    splatted bilinearly onto its 4 neighbouring cells, scaled so that max(p₀) = 1."""
+    xa = (r - 1) * float(x) / width
+    ya = (r - 1) * float(y) / height
+    x0, y0 = min(int(xa), r - 1), min(int(ya), r - 1)
+    fx, fy = xa - x0, ya - y0
+    p = torch.zeros(r, r, dtype=torch.float32)
+    for dy, wy in ((0, 1.0 - fy), (1, fy)):
+        for dx, wx in ((0, 1.0 - fx), (1, fx)):
+            if wy * wx > 0:
+                p[min(y0 + dy, r - 1), min(x0 + dx, r - 1)] += wy * wx
+    return (p / p.max()).reshape(-1)
+
+
+def markov_maps(transition: Transition, starts: torch.Tensor, tau: float = 0.3, interpolate: bool = True,
+                max_iterations: int = 1000) -> torch.Tensor:
+    """Arrival times (k×N fp32) of the chains p_{t+1} = p_t·A / max(p_t·A) started at the k rows of ``starts``.
+
+    A cell arrives at the first t with p_t > τ (cells with p₀ > τ at 0); with interpolation the crossing between
+    steps i and i+1 is placed at i + 1 − (p_{i+1} − τ)/(Δ + 1e−6), Δ = p_{i+1} − p_i (Δ = 1 − τ for i = 0).
+    Stops once every cell of every chain has arrived; cells that never arrive get ``max_iterations``.
+    """
+    device = transition.matrix.device
+    p = starts.to(device=device, dtype=torch.float32).reshape(starts.shape[0], -1)
+    p = p / p.amax(dim=1, keepdim=True)
+    arrival = torch.full_like(p, float(max_iterations))
+    pending = p <= tau
+    arrival[~pending] = 0.0
+    for i in range(max_iterations):
+        if not bool(pending.any()):
+            break
+        nxt = transition.step(p)
+        nxt = nxt / nxt.amax(dim=1, keepdim=True).clamp_min(1e-38)
+        crossed = pending & (nxt > tau)
+        if bool(crossed.any()):
+            if interpolate:
+                delta = (1.0 - tau) if i == 0 else (nxt - p)
+                value = (i + 1) - (nxt - tau) / (delta + 1e-6)
+                arrival = torch.where(crossed, value, arrival)
+            else:
+                arrival[crossed] = float(i + 1)
+            pending &= ~crossed
+        p = nxt
+    return arrival
+
+
+def click_grid_starts(points: Sequence[Tuple[float, float]], width: int, height: int, r: int) -> torch.Tensor:
+    """Start vectors (k×r²) for several clicks."""
+    return torch.stack([start_vector(x, y, width, height, r) for x, y in points])

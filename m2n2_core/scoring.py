@@ -1,0 +1,94 @@
+"""Per-click threshold selection (spec §4): candidates, edge / prior / positive / negative scores, λ_i."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, Tuple
+
+import numpy as np
+from scipy import ndimage
+
+EDGE_LEVELS = 1024
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Everything about one click's distance map D_i that does not depend on the other clicks.
+
+    ``values``: D_i in ascending (stable) order without the last value, i.e. the candidate thresholds d_(k);
+    ``edge``: the mean quantised gradient over the outer 4-neighbour ring of each prefix segment S_k;
+    ``flat``: D_i flattened (to look up other clicks' values).
+    """
+    values: np.ndarray
+    edge: np.ndarray
+    flat: np.ndarray
+    width: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.values.nbytes + self.edge.nbytes + self.flat.nbytes
+
+
+def edge_magnitude(distance: np.ndarray) -> np.ndarray:
+    """Sobel gradient magnitude (reflect padding) / its max, quantised to integers 0..1024 (floor)."""
+    d = distance.astype(np.float64)
+    g = np.hypot(ndimage.sobel(d, axis=1, mode="reflect"), ndimage.sobel(d, axis=0, mode="reflect"))
+    top = g.max()
+    if top <= 0:
+        return np.zeros(d.shape, dtype=np.int64)
+    return np.floor(g / top * EDGE_LEVELS).astype(np.int64)
+
+
+def candidates(distance: np.ndarray) -> Candidates:
+    """Sort D_i once and compute the boundary-ring mean gradient of every prefix segment incrementally.
+
+    A pixel q lies on the outer ring of S_k exactly for m(q) ≤ k < rank(q), where m(q) is the smallest rank among its
+    4-neighbours; ring sums and counts per k therefore follow from difference arrays and cumulative sums.
+    """
+    h, w = distance.shape
+    flat = np.ascontiguousarray(distance, dtype=np.float32).reshape(-1)
+    n = flat.size
+    order = np.argsort(flat, kind="stable")
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)
+    rank2d = rank.reshape(h, w)
+    big = np.iinfo(np.int64).max
+    m = np.full((h, w), big, dtype=np.int64)
+    np.minimum(m[1:, :], rank2d[:-1, :], out=m[1:, :])
+    np.minimum(m[:-1, :], rank2d[1:, :], out=m[:-1, :])
+    np.minimum(m[:, 1:], rank2d[:, :-1], out=m[:, 1:])
+    np.minimum(m[:, :-1], rank2d[:, 1:], out=m[:, :-1])
+    m = m.reshape(-1)
+    g = edge_magnitude(distance).reshape(-1).astype(np.float64)
+    on_ring = m < rank  # the pixel joins the ring before it joins the segment
+    start, stop, weight = m[on_ring], rank[on_ring], g[on_ring]
+    ring_sum = np.cumsum(np.bincount(start, weights=weight, minlength=n + 1)
+                         - np.bincount(stop, weights=weight, minlength=n + 1))[: n - 1]
+    ring_count = np.cumsum(np.bincount(start, minlength=n + 1) - np.bincount(stop, minlength=n + 1))[: n - 1]
+    edge = np.divide(ring_sum, ring_count, out=np.zeros(n - 1), where=ring_count > 0)
+    return Candidates(values=flat[order][: n - 1], edge=edge, flat=flat, width=w)
+
+
+def select_threshold(cand: Candidates, own: int, same: Sequence[int], opposite: Sequence[int], area_prior: float,
+                     use_edge: bool = True, use_prior: bool = True, use_positive: bool = True,
+                     use_negative: bool = True) -> Tuple[float, float]:
+    """λ_i and its score: the candidate maximising prior × edge × positive × negative (ties → smallest λ).
+
+    ``own``, ``same`` and ``opposite`` are flat pixel indices of click i, the other clicks with i's label, and the
+    clicks with the other label.
+    """
+    values = cand.values
+    k = values.size
+    score = np.ones(k, dtype=np.float64)
+    if use_edge:
+        score *= cand.edge
+    if use_prior:
+        score *= (np.arange(1, k + 1) < area_prior * (k + 1))
+    if use_positive:
+        inside_from = np.searchsorted(values, cand.flat[[own, *same]], side="left")  # q ∈ S_k ⟺ k ≥ this
+        count = np.cumsum(np.bincount(inside_from, minlength=k + 1)[:k])
+        score *= count / (1 + len(same))
+    if use_negative:
+        limit = cand.flat[list(opposite)].min() if len(opposite) else cand.flat.max()
+        score *= values < limit
+    best = int(np.argmax(score))
+    return float(values[best]), float(score[best])

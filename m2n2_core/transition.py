@@ -1,0 +1,83 @@
+"""The balanced transition matrix in the storage the Markov chain runs on.
+
+``exact`` keeps the dense fp32 matrix (the spec's direct method). The fast form drops, per row, the smallest entries
+whose total mass is at most ``epsilon`` and keeps the rest exactly (fp32 values, CSR) when that takes at most half the
+bytes of dense fp32; otherwise it stores the dense matrix in fp16, scaled by N so that no entry is subnormal, and
+multiplies with fp32 accumulation. Either way a step returns p·A up to a positive factor, which the chain's max
+normalisation removes.
+"""
+from __future__ import annotations
+
+
+import torch
+
+_CSR_BYTES_PER_ENTRY = 8  # fp32 value + int32 column index
+
+
+class Transition:
+    """Computes ``P @ A`` for a batch of row vectors P (k×N, fp32), up to a positive factor per call."""
+
+    def __init__(self, matrix: torch.Tensor, kind: str):
+        self.matrix = matrix
+        self.kind = kind  # "dense32", "dense16" (stores N·Aᵀ) or "csr" (stores Aᵀ)
+
+    @property
+    def size(self) -> int:
+        return self.matrix.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        m = self.matrix
+        if self.kind == "csr":
+            return sum(t.numel() * t.element_size() for t in (m.crow_indices(), m.col_indices(), m.values()))
+        return m.numel() * m.element_size()
+
+    def step(self, p: torch.Tensor) -> torch.Tensor:
+        if self.kind == "dense32":
+            return p @ self.matrix
+        if self.kind == "csr":
+            return (self.matrix @ p.T.contiguous()).T
+        rows = [torch.mv(self.matrix, v.to(torch.float16)).to(torch.float32) for v in p]
+        return torch.stack(rows)
+
+    @classmethod
+    def exact(cls, balanced: torch.Tensor) -> "Transition":
+        return cls(balanced.to(torch.float32).contiguous(), "dense32")
+
+    @classmethod
+    def compact(cls, balanced: torch.Tensor, epsilon: float) -> "Transition":
+        """The fast storage: at most half the bytes of dense fp32, dropping at most ``epsilon`` mass per row."""
+        n = balanced.shape[0]
+        keep = _mass_cutoff_mask(balanced, epsilon) if epsilon > 0 else balanced > 0
+        nnz = int(keep.sum())
+        if nnz * _CSR_BYTES_PER_ENTRY <= 2 * n * n:
+            at = torch.where(keep, balanced, 0.0).T.contiguous()
+            del keep
+            csr = at.to_sparse_csr()
+            csr = torch.sparse_csr_tensor(csr.crow_indices().to(torch.int32), csr.col_indices().to(torch.int32),
+                                          csr.values().to(torch.float32), size=csr.shape)
+            return cls(csr, "csr")
+        return cls((balanced.T * float(n)).to(torch.float16).contiguous(), "dense16")
+
+
+def _mass_cutoff_mask(a: torch.Tensor, epsilon: float, bins: int = 256, chunk: int = 2048) -> torch.Tensor:
+    """Per row, True for the entries to keep so that the dropped entries sum to at most ``epsilon`` × the row sum.
+
+    Entries are grouped in quarter-octave bins of their value relative to the row max; whole bins are dropped from
+    the smallest up while their cumulative mass stays within the budget, so every dropped entry is smaller than every
+    kept one. Works on row chunks to bound temporary memory.
+    """
+    keep = torch.empty(a.shape, dtype=torch.bool, device=a.device)
+    for start in range(0, a.shape[0], chunk):
+        rows = a[start:start + chunk]
+        row_max = rows.amax(dim=1, keepdim=True).clamp_min(1e-38)
+        b = (-torch.log2((rows / row_max).clamp_min_(2.0 ** -64)) * 4).floor_().clamp_(0, bins - 1).to(torch.int64)
+        mass = torch.zeros(rows.shape[0], bins, dtype=torch.float64, device=a.device)
+        mass.scatter_add_(1, b, rows.to(torch.float64))
+        tail = mass.flip(1).cumsum(1).flip(1)                 # tail[:, j] = mass in bins ≥ j
+        budget = epsilon * mass.sum(dim=1, keepdim=True)
+        droppable = tail <= budget                            # monotone: once droppable, all smaller bins are too
+        first_drop = torch.where(droppable.any(1), droppable.to(torch.uint8).argmax(1),
+                                 torch.full((rows.shape[0],), bins, device=a.device))
+        keep[start:start + chunk] = (b < first_drop[:, None]) & (rows > 0)
+    return keep
