@@ -129,6 +129,16 @@ def test_capture_equals_naive_reference(source, image):
     torch.testing.assert_close(attention.double(), expected, atol=2e-6, rtol=1e-4)
 
 
+def test_concurrent_computes_are_serialised(source, image):
+    from concurrent.futures import ThreadPoolExecutor
+    images = [image, image[::-1].copy(), image[:, ::-1].copy()]
+    expected = [source.compute(im) for im in images]
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(source.compute, images))
+    for got, want in zip(results, expected):
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
 def test_layer_weights_and_no_early_stop(model_dir, image):
     layers = ((LAYER_0, 0.25), (LAYER_1, 0.0), (LAYER_2, 0.75))
     config = M2N2Config(model=str(model_dir), attention_resolution=R, layers=layers)
@@ -171,14 +181,23 @@ def test_tokenizer_free_embedding_equals_tokenizer_embedding(tmp_path, source):
     torch.testing.assert_close(other.prompt_embedding, source.prompt_embedding, atol=0, rtol=0)
 
 
-def test_resolution_and_dtype_are_configurable(model_dir, image):
-    config = M2N2Config(model=str(model_dir), attention_resolution=2 * R, dtype="bfloat16")
-    source = make_source(config, "cpu")
-    assert source.dtype == torch.bfloat16 and next(source.unet.parameters()).dtype == torch.bfloat16
+def test_resolution_is_configurable(model_dir, image):
+    source = make_source(M2N2Config(model=str(model_dir), attention_resolution=2 * R), "cpu")
     assert source.name == "sd" and source.description == str(model_dir)
     attention = source.compute(image)
     assert attention.shape == (4 * R * R, 4 * R * R) and attention.dtype == torch.float32
     torch.testing.assert_close(attention.sum(dim=1), torch.ones(4 * R * R), atol=1e-5, rtol=0)
+
+
+def test_dtype_is_configurable(model_dir, image):
+    source = StableDiffusionAttention(M2N2Config(model=str(model_dir), attention_resolution=R, dtype="bfloat16"), "cpu")
+    assert source.dtype == torch.bfloat16 and next(source.unet.parameters()).dtype == torch.bfloat16
+    assert source.prompt_embedding.dtype == torch.bfloat16
+    attention = source.compute(image)
+    assert attention.dtype == torch.float32
+    torch.testing.assert_close(attention.sum(dim=1), torch.ones(R * R), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="unsupported dtype 'int8'"):
+        StableDiffusionAttention(M2N2Config(model=str(model_dir), dtype="int8"), "cpu")
 
 
 def test_local_directory_loads_without_network(model_dir, network_attempts, monkeypatch):

@@ -12,6 +12,7 @@ has run, since its output is never used.
 """
 from __future__ import annotations
 
+import threading
 from typing import Optional, Sequence
 
 import cv2
@@ -135,7 +136,7 @@ class StableDiffusionAttention:
 
     Loading takes ``config.model`` (hub id or local diffusers directory; :class:`ModelLoadError` if unavailable);
     unknown or unusable ``config.layers`` raise ValueError. ``compute`` returns a float32 (r², r²) row-stochastic
-    tensor on ``device``. Not thread-safe: serialise calls to ``compute``.
+    tensor on ``device``. Thread-safe: concurrent UNet passes are serialised.
     """
 
     name = "sd"
@@ -168,7 +169,17 @@ class StableDiffusionAttention:
         self.prompt_embedding = empty_prompt_embedding(parts.text_encoder, parts.tokenizer)
         layers = self._check_layers(config.layers)
         self._state = _CaptureState([n for n, _ in layers], stop_early)
+        self._lock = threading.Lock()  # one capture in flight at a time: the processors share self._state
         self._install(layers)
+
+    @property
+    def stop_early(self) -> bool:
+        """Whether the UNet pass ends right after the last captured layer (its output is never used)."""
+        return self._state.stop_early
+
+    @stop_early.setter
+    def stop_early(self, value: bool) -> None:
+        self._state.stop_early = bool(value)
 
     @property
     def captured_layers(self) -> tuple[str, ...]:
@@ -220,6 +231,10 @@ class StableDiffusionAttention:
 
     def attention_from_latent(self, latent: torch.Tensor) -> torch.Tensor:
         """One UNet pass on ``latent`` → float32 (r², r²) row-stochastic attention of the captured layers."""
+        with self._lock:
+            return self._capture(latent)
+
+    def _capture(self, latent: torch.Tensor) -> torch.Tensor:
         n = latent.shape[-2] * latent.shape[-1]
         state = self._state
         state.accumulator = torch.zeros(n, n, dtype=torch.float32, device=self.device)
