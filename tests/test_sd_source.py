@@ -227,6 +227,33 @@ def test_unreachable_hub_gives_clear_error(offline_hub, monkeypatch):
     assert "local diffusers directory" in str(info.value)
 
 
+def test_online_hub_id_downloads_only_needed_files(offline_hub, model_dir, monkeypatch):
+    """The online path with the hub replaced by fakes: list the repo, fetch one weight file per component, load."""
+    import huggingface_hub
+    from huggingface_hub import constants
+    from huggingface_hub.hf_api import RepoSibling
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    listing = [str(p.relative_to(model_dir)) for p in model_dir.rglob("*") if p.is_file()]
+    listing += ["unet/diffusion_pytorch_model.bin", "v2-1_768-ema-pruned.ckpt"]
+    requested = []
+
+    class FakeApi:
+        def model_info(self, repo_id):
+            assert repo_id == "some-org/tiny-sd2"
+            return type("Info", (), {"siblings": [RepoSibling(rfilename=f) for f in listing]})()
+
+    def fake_snapshot_download(repo_id, allow_patterns):
+        requested.extend(allow_patterns)
+        return str(model_dir)
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    source = StableDiffusionAttention(M2N2Config(model="some-org/tiny-sd2", attention_resolution=R), "cpu")
+    assert source.description == "some-org/tiny-sd2"
+    assert "unet/diffusion_pytorch_model.safetensors" in requested and "model_index.json" in requested
+    assert not any(f.endswith((".bin", ".ckpt")) or f.startswith("scheduler/") for f in requested)
+
+
 def test_cached_hub_snapshot_loads_offline(offline_hub, model_dir):
     repo = offline_hub / "models--some-org--tiny-sd2"
     commit = "0" * 40
@@ -260,6 +287,13 @@ def test_corrupt_weights_name_the_file(model_dir, tmp_path):
     (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x00not a safetensors file")
     with pytest.raises(ModelLoadError, match="could not load the unet from .*diffusion_pytorch_model.safetensors"):
         StableDiffusionAttention(M2N2Config(model=str(broken)), "cpu")
+
+
+def test_missing_directory_is_not_sent_to_the_hub(tmp_path, network_attempts):
+    before = len(network_attempts)
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        StableDiffusionAttention(M2N2Config(model=str(tmp_path / "no" / "such" / "dir")), "cpu")
+    assert len(network_attempts) == before
 
 
 def test_file_instead_of_directory(tmp_path):
