@@ -132,11 +132,7 @@ def parse_context(context: Any, max_points: int) -> Optional[ClickSet]:
 
 
 def to_pixels(clicks: Sequence[Click], width: int, height: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Percent clicks → (K×2 float64 (x, y) pixel coordinates inside [0, W-1]×[0, H-1], K int labels 1/0).
-
-    A percentage p maps to p/100·W; 100 % (the far edge) lands on the last pixel.
-    """
-    points = np.array([[min(c.x / 100.0 * width, width - 1.0), min(c.y / 100.0 * height, height - 1.0)]
-                       for c in clicks], dtype=np.float64).reshape(-1, 2)
+    """Percent clicks → (K×2 float64 (x, y) pixel coordinates in [0, W]×[0, H], K int labels 1/0): x = x%/100·W."""
+    points = np.array([[c.x / 100.0 * width, c.y / 100.0 * height] for c in clicks], dtype=np.float64).reshape(-1, 2)
     labels = np.array([1 if c.positive else 0 for c in clicks], dtype=np.int64)
     return points, labels

@@ -78,6 +78,7 @@ class Route:
     headers: Dict[str, str] = field(default_factory=dict)
     delay: float = 0.0            #: seconds to sleep before answering
     drip: float = 0.0             #: seconds between 16-byte pieces of the body
+    length: bool = True           #: False: no Content-Length, the body ends when the connection closes
 
 
 class LoopbackServer:
@@ -101,7 +102,7 @@ class LoopbackServer:
                     self.send_response(route.status)
                     for k, v in route.headers.items():
                         self.send_header(k, v)
-                    if "Content-Length" not in route.headers:
+                    if route.length and "Content-Length" not in route.headers:
                         self.send_header("Content-Length", str(len(route.body)))
                     self.end_headers()
                     if route.drip:
@@ -151,7 +152,7 @@ class ColourAttention:
         c = small.reshape(-1, 3)
         yy, xx = np.mgrid[: self.r, : self.r]
         p = np.stack([yy.ravel(), xx.ravel()], 1).astype(np.float64)
-        a = np.exp(-((c[:, None] - c[None]) ** 2).sum(-1) / (2 * 0.1 ** 2) - ((p[:, None] - p[None]) ** 2).sum(-1) / 8)
+        a = np.exp(-((c[:, None] - c[None]) ** 2).sum(-1) / (2 * 0.3 ** 2) - ((p[:, None] - p[None]) ** 2).sum(-1) / 32)
         a /= a.sum(1, keepdims=True)
         return torch.from_numpy(a.astype(np.float32))
 
