@@ -23,6 +23,7 @@ class ByteLRUCache(Generic[V]):
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._entries: "OrderedDict[Hashable, V]" = OrderedDict()
+        self._sizes: Dict[Hashable, int] = {}
         self._inflight: Dict[Hashable, Future] = {}
         self._bytes = 0
         self._counts = {"hits": 0, "misses": 0, "waits": 0, "computations": 0, "failures": 0,
@@ -65,12 +66,29 @@ class ByteLRUCache(Generic[V]):
         if size > self.max_bytes:
             self._counts["too_large"] += 1
             return
-        while self._bytes + size > self.max_bytes:
-            _, old = self._entries.popitem(last=False)
-            self._bytes -= int(old.nbytes)
-            self._counts["evictions"] += 1
         self._entries[key] = value
+        self._sizes[key] = size
         self._bytes += size
+        self._evict()
+
+    def _evict(self) -> None:
+        """Drop least recently used entries until the budget holds (the newest one last of all)."""
+        while self._bytes > self.max_bytes:
+            old_key, _ = self._entries.popitem(last=False)
+            self._bytes -= self._sizes.pop(old_key)
+            self._counts["evictions"] += 1
+
+    def remeasure(self, key: Hashable) -> None:
+        """Re-read the entry's ``nbytes`` (it may have grown), mark it recently used, and evict to fit."""
+        with self._lock:
+            value = self._entries.get(key)
+            if value is None:
+                return
+            size = int(value.nbytes)
+            self._bytes += size - self._sizes[key]
+            self._sizes[key] = size
+            self._entries.move_to_end(key)
+            self._evict()
 
     def __contains__(self, key: Hashable) -> bool:
         with self._lock:
@@ -80,6 +98,7 @@ class ByteLRUCache(Generic[V]):
         """Drop every entry (computations in flight still finish and are stored)."""
         with self._lock:
             self._entries.clear()
+            self._sizes.clear()
             self._bytes = 0
             self._counts["clears"] += 1
 

@@ -170,7 +170,7 @@ class M2N2Model:
         for image_name, clicks in by_image.items():
             target = setup.images[image_name]
             url = _task_url(task, target)
-            prepared = self.prepared(url, task.get("id"), predictor)
+            key, prepared = self.prepared(url, task.get("id"), predictor)
             size = _output_size(clickset.original_size, prepared, url)
             groups: Dict[Tuple[str, str], List[Click]] = {}
             for click in clicks:
@@ -178,6 +178,7 @@ class M2N2Model:
                 groups.setdefault((brush.name, label), []).append(click)
             for (brush_name, label), group in groups.items():
                 regions.append(self._region(prepared, target, brush_name, label, group, size))
+            self.cache.remeasure(key)  # the prepared image keeps the clicks' distance maps
         return regions
 
     def _region(self, prepared: PreparedImage, target: ImageTarget, brush_name: str, label: str,
@@ -195,8 +196,8 @@ class M2N2Model:
                 "image_rotation": 0, "value": {"format": "rle", "rle": rle, "brushlabels": [label]}}
 
     # ---- images ----------------------------------------------------------------------------------------------
-    def prepared(self, url: str, task_id: object, predictor: M2N2Predictor) -> PreparedImage:
-        """The prepared image for a task URL: downloaded each time, prepared once per distinct content."""
+    def prepared(self, url: str, task_id: object, predictor: M2N2Predictor) -> Tuple[str, PreparedImage]:
+        """(cache key, prepared image) for a task URL: downloaded each time, prepared once per distinct content."""
         with self._timed("fetch"):
             data = self.fetcher.fetch(url, task_id)
         key = hashlib.sha256(data).hexdigest()
@@ -207,7 +208,7 @@ class M2N2Model:
             with self._compute_lock, self._timed("prepare"), self._out_of_memory_guard(f"preparing {url}"):
                 return predictor.prepare(image)
 
-        return self.cache.get_or_compute(key, compute)
+        return key, self.cache.get_or_compute(key, compute)
 
     @contextmanager
     def _out_of_memory_guard(self, what: str) -> Iterator[None]:

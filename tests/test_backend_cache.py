@@ -99,3 +99,15 @@ def test_clear_drops_everything():
 def test_rejects_non_positive_budget():
     with pytest.raises(ValueError):
         ByteLRUCache(0)
+
+
+def test_remeasure_accounts_for_growth_and_evicts_older_entries():
+    cache = ByteLRUCache(100)
+    a = cache.get_or_compute("a", lambda: Blob(30))
+    b = cache.get_or_compute("b", lambda: Blob(30))
+    b.nbytes = 80
+    cache.remeasure("b")
+    assert "a" not in cache and "b" in cache and cache.stats()["bytes"] == 80
+    b.nbytes = 120
+    cache.remeasure("b")
+    assert "b" not in cache and cache.stats()["bytes"] == 0 and a.nbytes == 30
