@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
@@ -114,3 +115,13 @@ def parse_label_config(xml: object) -> LabelSetup:
                                f"images: {sorted(images)}, smart KeyPointLabels → {[(c.name, c.to_name) for c in smart]}"
                                f", BrushLabels → {[(c.name, c.to_name) for c in brushes]}")
     return LabelSetup(targets, keypoint_to_image)
+
+
+@lru_cache(maxsize=64)
+def _cached(xml: str) -> LabelSetup:
+    return parse_label_config(xml)
+
+
+def label_setup(xml: object) -> LabelSetup:
+    """``parse_label_config`` with the results for recent config strings memoised (errors are not cached)."""
+    return _cached(xml) if isinstance(xml, str) else parse_label_config(xml)

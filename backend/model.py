@@ -23,7 +23,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-import numpy as np
 import torch
 
 from m2n2_core import __version__
@@ -34,7 +33,7 @@ from .cache import ByteLRUCache
 from .config import Settings
 from .errors import BackendError, ContextError, ModelUnavailable, OutOfMemory, RequestError, TaskError
 from .keypoints import Click, ClickSet, parse_context, to_pixels
-from .label_config import BrushControl, ImageTarget, LabelSetup, parse_label_config
+from .label_config import ImageTarget, LabelSetup, label_setup
 from .media import MediaFetcher
 from .metrics import LatencyStats
 from .rle import fit_mask, mask_to_rle
@@ -135,7 +134,7 @@ class M2N2Model:
     # ---- label-studio-ml 2.x shape ---------------------------------------------------------------------------
     def setup(self, label_config: object) -> str:
         """Check the label config (never loads the model) and return the model version."""
-        parse_label_config(label_config)
+        label_setup(label_config)
         return self.model_version
 
     def fit(self, event: str, data: Dict[str, Any]) -> Dict[str, Any]:
@@ -145,7 +144,7 @@ class M2N2Model:
     def predict(self, tasks: List[Dict[str, Any]], context: Optional[Dict[str, Any]] = None,
                 label_config: object = None, **kwargs: Any) -> List[Dict[str, Any]]:
         """One prediction per task: brush regions for the clicks in ``context``; empty without clicks."""
-        setup = parse_label_config(label_config)
+        setup = label_setup(label_config)
         clicks = parse_context(context, self.settings.max_points)
         if clicks is None:
             for task in tasks:
@@ -215,7 +214,8 @@ class M2N2Model:
         try:
             yield
         except _OOM as exc:
-            self._oom_count += 1
+            with self._state_lock:
+                self._oom_count += 1
             self.cache.clear()
             gc.collect()
             if torch.cuda.is_available():

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 
+from flask import Flask
+
 from .app import create_app
 from .config import Settings
 from .errors import ModelUnavailable
@@ -15,7 +17,8 @@ from .model import M2N2Model
 log = logging.getLogger("backend")
 
 
-def build() -> "object":
+def build() -> Flask:
+    """Settings from the environment, logging, the model (loaded now with M2N2_PRELOAD=1) and the app."""
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
     logging.getLogger("backend").setLevel(settings.log_level)

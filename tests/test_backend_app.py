@@ -1,5 +1,4 @@
 """The Flask app end to end (test client + loopback image server): protocol, bad input, images, auth, faults."""
-import io
 import struct
 import threading
 import time
