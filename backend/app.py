@@ -55,7 +55,8 @@ def create_app(settings: Optional[Settings] = None, model: Optional[M2N2Model] =
 
     @app.errorhandler(BackendError)
     def _backend_error(exc: BackendError):
-        log.info("%s %s → %d %s", request.method, request.path, exc.status, exc.message)
+        log.log(logging.WARNING if exc.status >= 500 else logging.INFO, "%s %s → %d %s", request.method,
+                request.path, exc.status, exc.message)
         return jsonify(exc.payload()), exc.status
 
     @app.errorhandler(HTTPException)

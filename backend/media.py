@@ -254,19 +254,24 @@ class MediaFetcher:
 
     # ---- download --------------------------------------------------------------------------------------------
     def fetch(self, url: str, task_id: object = None) -> bytes:
-        """The image bytes of a task URL. Raises TaskError/MediaError naming the URL and the cause."""
+        """The image bytes of a task URL. Raises TaskError/MediaError naming the URL and the cause.
+
+        When a URL kind has a fallback (uploads), an HTTP 4xx from the first address moves on to the next one.
+        """
         targets = self.candidates(url, task_id)
-        for i, target in enumerate(targets):
+        for target, fallback in zip(targets, targets[1:]):
             try:
                 return self._download(target, url)
             except MediaError as exc:
-                upstream = exc.details.get("upstream_status")
-                if i + 1 == len(targets) or upstream is None or not 400 <= upstream < 500:
-                    if i > 0:
-                        exc.details["tried"] = targets[: i + 1]
+                if not 400 <= exc.details.get("upstream_status", 0) < 500:
                     raise
-                log.info("%s failed (%s); trying %s", target, exc.message, targets[i + 1])
-        raise AssertionError("unreachable: candidates() never returns an empty list")
+                log.info("%s failed (%s); trying %s", target, exc.message, fallback)
+        try:
+            return self._download(targets[-1], url)
+        except MediaError as exc:
+            if len(targets) > 1:
+                exc.details["tried"] = targets
+            raise
 
     def _download(self, target: str, task_url: str) -> bytes:
         s = self.settings

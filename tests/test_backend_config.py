@@ -35,6 +35,7 @@ def test_reads_every_variable():
 
 @pytest.mark.parametrize("env, names", [
     ({"M2N2_ATTENTION": "clip"}, "M2N2_ATTENTION"),
+    ({"M2N2_DEVICE": "gpu"}, "M2N2_DEVICE"),
     ({"M2N2_ATTENTION_RESOLUTION": "abc"}, "M2N2_ATTENTION_RESOLUTION"),
     ({"M2N2_ATTENTION_RESOLUTION": "1"}, "M2N2_ATTENTION_RESOLUTION"),
     ({"M2N2_CACHE_BYTES": "lots"}, "M2N2_CACHE_BYTES"),

@@ -91,6 +91,15 @@ def test_personal_access_token_is_exchanged_once(server):
     assert server.requests[-1][2]["Authorization"] == f"Bearer {access}"
 
 
+def test_access_token_near_expiry_is_exchanged_again(server):
+    server.json("/api/token/refresh/", {"access": _jwt("access", 10)})   # inside the 30 s safety margin
+    server.add("/data/local-files/?d=a.png", b"local")
+    f = fetcher(label_studio_url=server.url, label_studio_api_key=_jwt("refresh", 3600))
+    f.fetch("/data/local-files/?d=a.png")
+    f.fetch("/data/local-files/?d=a.png")
+    assert [p for _, p, *_ in server.requests].count("/api/token/refresh/") == 2
+
+
 def test_refused_personal_access_token_is_reported(server):
     server.json("/api/token/refresh/", {"detail": "Token is invalid"}, status=401)
     f = fetcher(label_studio_url=server.url, label_studio_api_key=_jwt("refresh", 3600))
