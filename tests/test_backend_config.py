@@ -81,3 +81,16 @@ def test_serve_rejects_invalid_settings_with_a_message():
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "M2N2_ATTENTION_RESOLUTION" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_every_variable_is_documented_in_the_readme():
+    import re
+    from pathlib import Path
+
+    import backend.config
+
+    source = Path(backend.config.__file__).read_text()
+    read = set(re.findall(r'(?:env\.get|_int|_float|_bool|_size)\((?:env, )?"([A-Z0-9_]+)"', source))
+    readme = (Path(backend.config.__file__).parent / "README.md").read_text()
+    assert len(read) >= 25 and {v for v in read if f"`{v}`" not in readme} == set()
+    assert {v for v in read if f"`{v}`" not in backend.config.__doc__} == set()
