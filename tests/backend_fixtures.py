@@ -135,32 +135,3 @@ class LoopbackServer:
         self._server.shutdown()
         self._server.server_close()
 
-
-# ---- a weight-free attention source for tests (until m2n2_core.attention.affinity is on main) ------------------------
-class ColourAttention:
-    """Row-stochastic attention on an r×r grid from colour similarity and distance (tests only)."""
-
-    name = "test-colour"
-    description = "test colour affinity"
-
-    def __init__(self, r: int):
-        self.r = r
-
-    def compute(self, image: np.ndarray):
-        import torch
-        small = np.asarray(Image.fromarray(image).resize((self.r, self.r), Image.BILINEAR), np.float64) / 255.0
-        c = small.reshape(-1, 3)
-        yy, xx = np.mgrid[: self.r, : self.r]
-        p = np.stack([yy.ravel(), xx.ravel()], 1).astype(np.float64)
-        a = np.exp(-((c[:, None] - c[None]) ** 2).sum(-1) / (2 * 0.3 ** 2) - ((p[:, None] - p[None]) ** 2).sum(-1) / 32)
-        a /= a.sum(1, keepdims=True)
-        return torch.from_numpy(a.astype(np.float32))
-
-
-def fixture_predictor(config):
-    """Predictor factory with ColourAttention as the source (the real balancing, Markov-maps and merge)."""
-    from m2n2_core.predictor import M2N2Predictor
-
-    predictor = M2N2Predictor(config)
-    predictor._source = ColourAttention(config.attention_resolution)
-    return predictor

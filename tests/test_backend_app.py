@@ -12,10 +12,9 @@ from PIL import Image
 
 from backend.app import create_app
 from backend.model import M2N2Model
-from backend_fixtures import LABEL_CONFIG, LoopbackServer, encode, fast_settings, fixture_predictor, keypoint, \
-    predict_body, scene
+from backend_fixtures import LABEL_CONFIG, LoopbackServer, encode, fast_settings, keypoint, predict_body, scene
 from m2n2_core.image_io import load_image
-from m2n2_core.predictor import PreparedImage
+from m2n2_core.predictor import M2N2Predictor, PreparedImage
 
 AUTH = ("ls", "s3cret")
 
@@ -23,7 +22,7 @@ AUTH = ("ls", "s3cret")
 class Harness:
     """A loopback image server, a model and a test client wired together."""
 
-    def __init__(self, factory=fixture_predictor, **changes):
+    def __init__(self, factory=None, **changes):
         self.server = LoopbackServer()
         self.settings = fast_settings(label_studio_url=self.server.url, **changes)
         self.model = M2N2Model(self.settings, predictor_factory=factory)
@@ -67,7 +66,7 @@ def decode(region):
 def expected_mask(settings, data, regions):
     """What M2N2Predictor itself answers for the same decoded image and points."""
     image = load_image(data)
-    prepared = fixture_predictor(settings.m2n2_config()).prepare(image)
+    prepared = M2N2Predictor(settings.m2n2_config()).prepare(image)
     height, width = image.shape[:2]
     points = [[r["value"]["x"] / 100 * width, r["value"]["y"] / 100 * height] for r in regions]
     labels = [0 if r.get("is_positive") is False else 1 for r in regions]
@@ -87,7 +86,7 @@ def test_setup_answers_without_waiting_for_the_model():
 
     def slow_factory(config):
         gate.wait(10)
-        return fixture_predictor(config)
+        return M2N2Predictor(config)
 
     harness = Harness(factory=slow_factory)
     try:
@@ -411,7 +410,7 @@ def test_load_failure_is_reported_and_predict_answers_503():
 
 
 def test_real_predictor_with_a_missing_model_fails_cleanly():
-    harness = Harness(factory=None, attention="sd", model="/nonexistent/sd2-model")
+    harness = Harness(attention="sd", model="/nonexistent/sd2-model")
     try:
         response = harness.click()
         assert response.status_code == 503 and response.json["model_state"] == "failed"
@@ -425,7 +424,7 @@ def test_model_still_loading_answers_503_then_works():
 
     def slow(config):
         gate.wait(10)
-        return fixture_predictor(config)
+        return M2N2Predictor(config)
 
     harness = Harness(factory=slow, load_wait=0.2)
     try:
@@ -469,7 +468,7 @@ def test_out_of_memory_answers_503_releases_caches_then_recovers(h, monkeypatch,
 
 
 def test_cache_evicts_by_bytes_and_recomputes_the_same_mask():
-    probe = fixture_predictor(fast_settings().m2n2_config()).prepare(scene())
+    probe = M2N2Predictor(fast_settings().m2n2_config()).prepare(scene())
     harness = Harness(cache_bytes=int(probe.nbytes * 1.5))   # room for one prepared image
     try:
         first = harness.click().json["results"][0]["result"][0]
