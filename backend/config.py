@@ -25,6 +25,7 @@
 | `BASIC_AUTH_USER`, `BASIC_AUTH_PASS` | empty | set both to require HTTP basic auth on every endpoint except `GET /livez` |
 | `WORKERS` | `1` | gunicorn worker processes (each holds its own model and cache) |
 | `THREADS` | `4` | threads per worker (gthread) |
+| `M2N2_TORCH_THREADS` | `1` | PyTorch intra-op threads per worker process (concurrency comes from `THREADS`; more torch threads than cores makes every request slower) |
 | `HOST`, `PORT` | `0.0.0.0`, `9090` | bind address of `m2n2 serve` |
 | `LOG_LEVEL` | `INFO` | DEBUG, INFO, WARNING, ERROR or CRITICAL |
 """
@@ -163,6 +164,7 @@ class Settings:
     basic_auth_pass: str = ""
     workers: int = 1
     threads: int = 4
+    torch_threads: int = 1
     host: str = "0.0.0.0"
     port: int = 9090
     log_level: str = "INFO"
@@ -207,6 +209,7 @@ class Settings:
             basic_auth_pass=env.get("BASIC_AUTH_PASS", ""),
             workers=_int(env, "WORKERS", 1, 1),
             threads=_int(env, "THREADS", 4, 1),
+            torch_threads=_int(env, "M2N2_TORCH_THREADS", 1, 1),
             host=env.get("HOST", "").strip() or "0.0.0.0",
             port=_int(env, "PORT", 9090, 1),
             log_level=env.get("LOG_LEVEL", "").strip().upper() or "INFO",

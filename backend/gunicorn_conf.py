@@ -19,3 +19,10 @@ keepalive = 5
 loglevel = _settings.log_level.lower()
 accesslog = "-"
 errorlog = "-"
+
+
+def post_fork(server, worker):
+    """In each worker: PyTorch's intra-op threads (M2N2_TORCH_THREADS), set before any model work."""
+    import torch
+
+    torch.set_num_threads(_settings.torch_threads)
