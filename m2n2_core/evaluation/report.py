@@ -10,7 +10,7 @@ import csv
 import json
 import sys
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -34,7 +34,20 @@ def read_rows(paths: Sequence[Path]) -> Dict[str, Dict[str, dict]]:
     return rows
 
 
-def compare(rows: Dict[str, Dict[str, dict]], dataset: str, protocol: str) -> List[dict]:
+def read_settings(paths: Sequence[Path]) -> Dict[str, dict]:
+    """method → its attention settings and description, from the summary.json of run folders (where present)."""
+    settings: Dict[str, dict] = {}
+    for p in paths:
+        summary = Path(p) / "summary.json"
+        if summary.is_file():
+            data = json.loads(summary.read_text())
+            for run in data.get("runs", [data]):
+                settings[run["method"]] = {k: run.get(k) for k in ("attention", "attention_resolution", "description")}
+    return settings
+
+
+def compare(rows: Dict[str, Dict[str, dict]], dataset: str, protocol: str,
+            settings: Optional[Dict[str, dict]] = None) -> List[dict]:
     """One summary per method over the samples that every method has (same keys as runner summaries)."""
     common = sorted(set.intersection(*(set(s) for s in rows.values())))
     if not common:
@@ -45,7 +58,8 @@ def compare(rows: Dict[str, Dict[str, dict]], dataset: str, protocol: str) -> Li
         clicks = sum(1 for k in chosen[0] if k.startswith("iou"))
         curves = [[float(r[f"iou{k + 1}"]) for k in range(clicks)] for r in chosen]
         out.append({"method": method, "dataset": dataset, "protocol": protocol, "count": len(common),
-                    "max_clicks": clicks, "attention": None, "samples": common, **summarise(curves, clicks),
+                    "max_clicks": clicks, "attention": None, "attention_resolution": None, **(settings or {}).get(method, {}), "samples": common,
+                    **summarise(curves, clicks),
                     "seconds_per_click": float(np.mean([float(r["mean_click_s"]) for r in chosen])),
                     "seconds_per_image": float(np.mean([float(r["prepare_s"]) for r in chosen]))})
     return out
@@ -56,7 +70,7 @@ def markdown(summaries: Sequence[dict]) -> str:
              "s/click | s/image prep |", "|" + "---|" * 12]
     for s in summaries:
         m = s["miou"]
-        lines.append(f"| {s['method']} | {s['count']} | {s['noc85']:.2f} | {s['noc90']:.2f} | {s['noc95']:.2f} | "
+        lines.append(f"| {s.get('label', s['method'])} | {s['count']} | {s['noc85']:.2f} | {s['noc90']:.2f} | {s['noc95']:.2f} | "
                      f"{s['nof85']} | {s['nof90']} | {s['nof95']} | {m[0]:.3f} | {m[min(4, len(m) - 1)]:.3f} | "
                      f"{s['seconds_per_click']:.2f} | {s['seconds_per_image']:.2f} |")
     return "\n".join(lines) + "\n"
@@ -69,9 +83,18 @@ def main(argv=None) -> int:
     parser.add_argument("runs", nargs="+", help="run folders (holding per_sample.csv) or CSV files")
     parser.add_argument("--dataset", default="grabcut", help="dataset name for the plot title")
     parser.add_argument("--protocol", default="ritm", help="clicker protocol name for the plot title")
+    parser.add_argument("--label", action="append", default=[], metavar="METHOD=TEXT",
+                        help="show METHOD as TEXT in the table and plot (repeatable)")
     args = parser.parse_args(argv)
     try:
-        summaries = compare(read_rows([Path(r) for r in args.runs]), args.dataset, args.protocol)
+        paths = [Path(r) for r in args.runs]
+        labels = dict(item.split("=", 1) for item in args.label if "=" in item)
+        if len(labels) != len(args.label):
+            raise ValueError("--label takes METHOD=TEXT")
+        summaries = compare(read_rows(paths), args.dataset, args.protocol, read_settings(paths))
+        for s in summaries:
+            if s["method"] in labels:
+                s["label"] = labels[s["method"]]
     except (ValueError, KeyError) as exc:
         print(f"report: {exc}", file=sys.stderr)
         return 2
