@@ -5,12 +5,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from m2n2_core.evaluation.cli import main
 
 GRABCUT = Path(os.environ.get("M2N2_DATASETS", Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets")) \
     / "GrabCut"
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """The chains here are tiny matrix-vector products: thread hand-offs would dominate, worst on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _synthetic_folder(root: Path, n=2, h=48, w=64):

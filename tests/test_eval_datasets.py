@@ -27,6 +27,9 @@ def test_grabcut_layout_pairs_by_stem_and_reads_the_ignore_band(tmp_path):
     assert s.name == "a" and s.image.shape == (6, 8, 3) and s.image.dtype == np.uint8
     assert s.gt.sum() == 12 and s.ignore.sum() == 4 and not (s.gt & s.ignore).any()
     assert len(Dataset("grabcut", tmp_path, limit=1)) == 1
+    assert [p[0] for p in Dataset("grabcut", tmp_path, skip=1).pairs] == ["b"]
+    with pytest.raises(DatasetError, match="leaves none"):
+        Dataset("grabcut", tmp_path, skip=2)
 
 
 def test_berkeley_layout_reads_like_grabcut(tmp_path):

@@ -48,7 +48,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     try:
         config = config_from_args(args).replace(**dict(args.set or []))
-        dataset = Dataset(args.dataset, args.root, args.limit)
+        dataset = Dataset(args.dataset, args.root, args.limit, args.skip)
         summaries = run(args.method, dataset, config, args.out, args.protocol, args.max_clicks)
     except (DatasetError, ImageError, ValueError) as exc:
         print(f"m2n2 eval: {exc}", file=sys.stderr)
@@ -79,6 +79,8 @@ def register(subparsers) -> None:
                    help="clicker: ritm (standard, default) or authors (merged error mask, 128 band = object)")
     p.add_argument("--max-clicks", type=int, default=20, help="clicks per image (default: %(default)s)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N images (sorted by name)")
+    p.add_argument("--skip", type=int, default=0, metavar="N",
+                   help="leave out the first N images (sorted by name), e.g. to split a run across processes")
     p.add_argument("--set", type=_setting, action="append", metavar="FIELD=VALUE",
                    help="override an M2N2Config field, e.g. --set affinity_sigma_color=0.08 (repeatable)")
     p.add_argument("--out", required=True, help="output folder (summary.json, per_sample.csv, miou.png)")

@@ -86,11 +86,13 @@ def _files_by_stem(folder: Path) -> Dict[str, Path]:
 class Dataset:
     """A sorted list of (image, mask) file pairs; samples are decoded on access."""
 
-    def __init__(self, kind: str, root, limit: Optional[int] = None):
+    def __init__(self, kind: str, root, limit: Optional[int] = None, skip: int = 0):
         if kind not in LAYOUTS:
             raise DatasetError(f"unknown dataset kind {kind!r}; choose one of {', '.join(LAYOUTS)}")
         if limit is not None and limit < 1:
             raise DatasetError("--limit must be at least 1")
+        if skip < 0:
+            raise DatasetError("--skip must not be negative")
         self.kind = kind
         self.root = Path(root)
         if not self.root.is_dir():
@@ -111,7 +113,10 @@ class Dataset:
             raise DatasetError(f"{kind} dataset at {self.root} does not pair up: " + "; ".join(detail))
         if not images:
             raise DatasetError(f"no images found in {self.root / image_dir}")
-        self.pairs: List[Tuple[str, Path, Path]] = [(s, images[s], masks[s]) for s in sorted(images)][:limit]
+        pairs = [(s, images[s], masks[s]) for s in sorted(images)][skip:]
+        if not pairs:
+            raise DatasetError(f"--skip {skip} leaves none of the {len(images)} images")
+        self.pairs: List[Tuple[str, Path, Path]] = pairs[:limit]
 
     def __len__(self) -> int:
         return len(self.pairs)

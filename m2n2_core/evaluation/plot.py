@@ -14,7 +14,8 @@ def plot_miou(summaries: Sequence[Dict[str, object]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
     for s in summaries:
         miou = s["miou"]
-        label = s["method"] + (f" ({s['attention']}, r={s['attention_resolution']})" if s.get("attention") else "")
+        label = s.get("label") or s["method"] + (
+            f" ({s['attention']}, r={s['attention_resolution']})" if s.get("attention") else "")
         ax.plot(range(1, len(miou) + 1), miou, marker="o", markersize=3, label=f"{label}: NoC@90 {s['noc90']:.2f}")
     first = summaries[0]
     ax.set_xlabel("clicks")
