@@ -1,11 +1,12 @@
 """Fixtures that run a REAL Label Studio and the m2n2 backend on loopback for the end-to-end tests.
 
-Label Studio lives in its own virtual environment (scripts/label_studio_env.sh, cached outside the repository); it is
-started once per authentication mode with a temporary data directory:
-  - "pat":    legacy tokens off (Label Studio's default); the test logs in and creates a Personal Access Token,
-  - "legacy": LABEL_STUDIO_USER_TOKEN with LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true.
-The backend runs under gunicorn (`python -m backend.cli serve`) with LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY pointing
-at that server. Every process is started in its own process group and stopped (TERM, then KILL) by its fixture.
+Label Studio lives in its own virtual environment (scripts/label_studio_env.sh, cached outside the repository) and
+is started once per session with a temporary data directory. Legacy tokens are off (Label Studio's default): the
+fixture logs in and creates a Personal Access Token; the "legacy" backend variants switch legacy tokens on through
+the organization's JWT settings API (as an admin does in the UI) for their lifetime, and use the token given by
+LABEL_STUDIO_USER_TOKEN. The backend runs under gunicorn (`python -m backend.cli serve`) with LABEL_STUDIO_URL /
+LABEL_STUDIO_API_KEY pointing at that server. Every process is started in its own process group and stopped (TERM,
+then KILL) by its fixture.
 """
 from __future__ import annotations
 
@@ -92,15 +93,26 @@ class Service:
 @dataclass(frozen=True)
 class LabelStudioServer:
     url: str
-    api_key: str
-    auth: str  # "pat" or "legacy"
+    pat: str           #: Personal Access Token of the admin user
+    legacy_token: str  #: the admin's legacy token (refused unless legacy tokens are switched on)
+
+    def set_legacy_tokens(self, enabled: bool) -> None:
+        """Switch the organization's legacy API tokens on or off (Organization → API Tokens Settings in the UI)."""
+        access = requests.post(f"{self.url}/api/token/refresh/", json={"refresh": self.pat}, timeout=30)
+        access.raise_for_status()
+        response = requests.post(f"{self.url}/api/jwt/settings", timeout=30,
+                                 headers={"Authorization": f"Bearer {access.json()['access']}"},
+                                 json={"api_tokens_enabled": True, "legacy_api_tokens_enabled": enabled})
+        assert response.status_code in (200, 201), f"JWT settings: HTTP {response.status_code} {response.text}"
 
 
 @dataclass(frozen=True)
 class Backend:
     url: str
-    env: Dict[str, str]   # the M2N2_* settings it runs with
-    label: str            # "affinity" or "sd-tiny"
+    env: Dict[str, str]   #: the M2N2_* settings it runs with
+    api_key: str          #: the Label Studio credential it (and the test) uses
+    auth: str             #: "pat" or "legacy"
+    variant: str          #: "affinity" or "sd-tiny"
 
 
 @pytest.fixture(scope="session")
@@ -114,7 +126,7 @@ def ls_venv() -> Path:
 
 @pytest.fixture(scope="session")
 def grabcut_image(tmp_path_factory) -> Path:
-    """A folder holding one GrabCut image (the upload folder for connect_label_studio.py)."""
+    """A GrabCut image, alone in a folder (the upload folder for connect_label_studio.py)."""
     source = datasets_dir() / "GrabCut" / "data_GT" / "106024.jpg"
     if not source.is_file():
         pytest.skip(f"GrabCut dataset not found at {source.parent} (set M2N2_DATASETS to its parent folder)")
@@ -136,74 +148,76 @@ def create_personal_access_token(url: str, email: str, password: str) -> str:
     return created.json()["token"]
 
 
-@pytest.fixture(scope="session", params=["pat", "legacy"])
-def label_studio(request, ls_venv, tmp_path_factory) -> LabelStudioServer:
-    auth = request.param
-    data_dir = tmp_path_factory.mktemp(f"label-studio-{auth}")
+@pytest.fixture(scope="session")
+def label_studio(ls_venv, tmp_path_factory) -> LabelStudioServer:
+    data_dir = tmp_path_factory.mktemp("label-studio")
     port = free_port()
+    legacy_token = secrets.token_hex(20)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "DJANGO_"))}
     env.update(
         LABEL_STUDIO_BASE_DATA_DIR=str(data_dir), LABEL_STUDIO_USERNAME=LS_USER, LABEL_STUDIO_PASSWORD=LS_PASSWORD,
+        LABEL_STUDIO_USER_TOKEN=legacy_token, LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK="true",
+        # the backend listens on 127.0.0.1: Label Studio refuses to call reserved addresses unless both are off
         LABEL_STUDIO_ML_BLOCK_LOCAL_IP="false", LABEL_STUDIO_SSRF_PROTECTION_ENABLED="false",
-        LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK="true",
         LATEST_VERSION_CHECK="false", COLLECT_ANALYTICS="false",  # no calls to the internet
         HOME=str(data_dir),
     )
-    legacy_token = secrets.token_hex(20)
-    if auth == "legacy":
-        env.update(LABEL_STUDIO_USER_TOKEN=legacy_token, LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true")
-    service = Service(f"label-studio ({auth})",
-                      [str(ls_venv / "bin" / "label-studio"), "start", "--no-browser",
-                       "--internal-host", "127.0.0.1", "--port", str(port)],
+    service = Service("label-studio", [str(ls_venv / "bin" / "label-studio"), "start", "--no-browser",
+                                       "--internal-host", "127.0.0.1", "--port", str(port)],
                       env, data_dir / "label-studio.log", cwd=data_dir)
     try:
         url = f"http://127.0.0.1:{port}"
         service.wait_http(f"{url}/health", LS_START_TIMEOUT_S)
-        api_key = legacy_token if auth == "legacy" else create_personal_access_token(url, LS_USER, LS_PASSWORD)
-        yield LabelStudioServer(url, api_key, auth)
+        yield LabelStudioServer(url, create_personal_access_token(url, LS_USER, LS_PASSWORD), legacy_token)
     finally:
         service.stop()
 
 
-def _backend_variants() -> List[str]:
-    return ["affinity", "sd-tiny"]
+def backend_settings(variant: str, work: Path) -> Dict[str, str]:
+    """The M2N2_* environment of a backend variant (building the tiny SD2 model for "sd-tiny")."""
+    if variant == "affinity":
+        return {"M2N2_DEVICE": "cpu", "M2N2_ATTENTION": "affinity", "M2N2_ATTENTION_RESOLUTION": "32"}
+    from tests.sd_fixtures import make_tiny_sd2
+
+    model_dir = work / "tiny-sd2"
+    make_tiny_sd2(model_dir, 8)
+    return {"M2N2_DEVICE": "cpu", "M2N2_ATTENTION": "sd", "M2N2_ATTENTION_RESOLUTION": "8",
+            "M2N2_MODEL": str(model_dir)}
 
 
-@pytest.fixture(scope="session", params=_backend_variants())
+@pytest.fixture(scope="session", params=["affinity-pat", "affinity-legacy", "sd-tiny-pat"])
 def backend(request, label_studio, tmp_path_factory) -> Backend:
-    """The m2n2 backend under gunicorn, wired to ``label_studio``; "sd-tiny" uses a random-weight SD2-shaped UNet."""
-    variant = request.param
-    work = tmp_path_factory.mktemp(f"backend-{variant}-{label_studio.auth}")
-    settings = {"M2N2_DEVICE": "cpu", "M2N2_ATTENTION": "affinity", "M2N2_ATTENTION_RESOLUTION": "32"}
-    if variant == "sd-tiny":
-        from tests.sd_fixtures import make_tiny_sd2
-        model_dir = work / "tiny-sd2"
-        make_tiny_sd2(model_dir, 8)
-        settings = {"M2N2_DEVICE": "cpu", "M2N2_ATTENTION": "sd", "M2N2_ATTENTION_RESOLUTION": "8",
-                    "M2N2_MODEL": str(model_dir)}
+    """The m2n2 backend under gunicorn, wired to ``label_studio`` with a PAT or (legacy tokens on) a legacy token."""
+    variant, auth = request.param.rsplit("-", 1)
+    work = tmp_path_factory.mktemp(f"backend-{request.param}")
+    settings = backend_settings(variant, work)
+    api_key = label_studio.pat if auth == "pat" else label_studio.legacy_token
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("M2N2_", "LABEL_STUDIO_", "BASIC_AUTH_"))}
-    env.update(settings, LABEL_STUDIO_URL=label_studio.url, LABEL_STUDIO_API_KEY=label_studio.api_key,
-               WORKERS="1", THREADS="2", LOG_LEVEL="INFO", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
-    service = Service(f"m2n2 backend ({variant})",
+    env.update(settings, LABEL_STUDIO_URL=label_studio.url, LABEL_STUDIO_API_KEY=api_key,
+               WORKERS="1", THREADS="2", LOG_LEVEL="INFO", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO),
+               HOME=str(work))  # gunicorn keeps its control socket under $HOME
+    if auth == "legacy":
+        label_studio.set_legacy_tokens(True)
+    service = Service(f"m2n2 backend ({request.param})",
                       [sys.executable, "-m", "backend.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
                       env, work / "backend.log", cwd=REPO)
     try:
         url = f"http://127.0.0.1:{port}"
         service.wait_http(f"{url}/health", BACKEND_START_TIMEOUT_S)
-        yield Backend(url, settings, variant)
+        yield Backend(url, settings, api_key, auth, variant)
     finally:
         service.stop()
+        if auth == "legacy":
+            label_studio.set_legacy_tokens(False)
 
 
 @pytest.fixture
 def connect_script():
     """Run examples/connect_label_studio.py as a user would; returns the CompletedProcess."""
-    def run(label_studio: LabelStudioServer, images: Path, backend_url: str,
-            api_key: Optional[str] = None) -> subprocess.CompletedProcess:
+    def run(url: str, api_key: str, images: Path, backend_url: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, str(REPO / "examples" / "connect_label_studio.py"), "--url", label_studio.url,
-             "--api-key", api_key or label_studio.api_key, "--images", str(images), "--backend-url", backend_url,
-             "--title", "m2n2 e2e", "--json"],
+            [sys.executable, str(REPO / "examples" / "connect_label_studio.py"), "--url", url, "--api-key", api_key,
+             "--images", str(images), "--backend-url", backend_url, "--title", "m2n2 e2e", "--json"],
             capture_output=True, text=True, timeout=120)
     return run

@@ -7,13 +7,13 @@ Token and a legacy token, and the brush RLE encoding (decoded with label_studio_
 """
 from __future__ import annotations
 
-from typing import List, Tuple
-
 import json
 import socket
+from typing import List, Tuple
 
 import numpy as np
 import pytest
+import requests
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.converter.brush import decode_rle
 
@@ -46,19 +46,22 @@ def brush_mask(region: dict) -> np.ndarray:
     return decode_rle(region["value"]["rle"]).reshape(h, w, 4)[:, :, 3] > 0
 
 
-def test_clicks_through_label_studio_match_in_process_predictor(label_studio, backend, grabcut_image,
+def test_clicks_through_label_studio_match_in_process_predictor(grabcut_image, label_studio, backend,
                                                                 connect_script):
-    result = connect_script(label_studio, grabcut_image.parent, backend.url)
+    if backend.auth == "pat":  # this run really has legacy tokens off
+        refused = requests.get(f"{label_studio.url}/api/projects", timeout=30,
+                               headers={"Authorization": f"Token {label_studio.legacy_token}"})
+        assert refused.status_code == 401
+    result = connect_script(label_studio.url, backend.api_key, grabcut_image.parent, backend.url)
     assert result.returncode == 0, f"connect_label_studio.py failed:\n{result.stderr}"
     project = json.loads(result.stdout)
     assert len(project["tasks"]) == 1
     assert project["project_url"] == f"{label_studio.url}/projects/{project['project']}/data"
 
-    client = LabelStudio(base_url=label_studio.url, api_key=label_studio.api_key)
+    client = LabelStudio(base_url=label_studio.url, api_key=backend.api_key)
     task = client.tasks.get(project["tasks"][0])
     assert task.data["image"].startswith("/data/upload/"), task.data
-    ml_backend = client.ml.get(project["ml_backend"])
-    assert ml_backend.is_interactive
+    assert client.ml.get(project["ml_backend"]).is_interactive
 
     image = load_image(grabcut_image)
     height, width = image.shape[:2]
@@ -88,17 +91,17 @@ def test_clicks_through_label_studio_match_in_process_predictor(label_studio, ba
         assert mismatched == 0, f"{n} click(s): {mismatched} of {got.size} pixels differ from the in-process mask"
 
 
-def test_connect_script_names_a_rejected_api_key(label_studio, grabcut_image, connect_script):
-    result = connect_script(label_studio, grabcut_image.parent, "http://127.0.0.1:9", api_key="0" * 40)
+def test_connect_script_names_a_rejected_api_key(grabcut_image, label_studio, connect_script):
+    result = connect_script(label_studio.url, "0" * 40, grabcut_image.parent, "http://127.0.0.1:9")
     assert result.returncode == 1
     assert "rejected the API key (HTTP 401" in result.stderr
 
 
-def test_connect_script_names_an_unreachable_backend(label_studio, grabcut_image, connect_script):
+def test_connect_script_names_an_unreachable_backend(grabcut_image, label_studio, connect_script):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"
-    result = connect_script(label_studio, grabcut_image.parent, dead)
+    result = connect_script(label_studio.url, label_studio.pat, grabcut_image.parent, dead)
     assert result.returncode == 1
     assert f"could not attach the ML backend at {dead}" in result.stderr
     assert "health check failed" in result.stderr
