@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import http.server
-import json
 import os
 import platform
 import shutil
@@ -392,6 +391,7 @@ def report(result: LoadResult, args: argparse.Namespace, command: str) -> str:
     lat = result.latencies()
     total = len(result.replies)
     source = "GrabCut" if result.images[0].name.endswith((".jpg", ".JPG", ".bmp")) else "synthetic"
+    names = ", ".join(f"{im.name} {im.mask.shape[1]}×{im.mask.shape[0]}" for im in result.images)
     lines = [
         "# Load test: concurrent annotators against one backend",
         "",
@@ -401,7 +401,7 @@ def report(result: LoadResult, args: argparse.Namespace, command: str) -> str:
         f"- Server: gunicorn, {args.workers} worker(s) × {args.threads} threads, weight-free affinity attention "
         f"r={args.resolution} on CPU (not the paper's SD2 backbone: this measures the serving path, not accuracy)",
         f"- Load: {args.annotators} annotators on {len(result.images)} {source} images "
-        f"({', '.join(im.name for im in result.images)}), {args.clicks} clicks each; every request carries the full "
+        f"({names}), {args.clicks} clicks each; every request carries the full "
         "click set so far",
         "",
         "| measure | value |",
@@ -409,11 +409,16 @@ def report(result: LoadResult, args: argparse.Namespace, command: str) -> str:
         f"| requests | {total} ({len(result.errors)} errors) |",
         f"| wall time | {result.wall_s:.1f} s ({total / result.wall_s:.2f} requests/s) |",
     ]
+    first = sorted(r.latency_s for r in result.replies if not r.error and len(r.clicks) == 1)
+    later = sorted(r.latency_s for r in result.replies if not r.error and len(r.clicks) > 1)
     if lat:
         lines += [f"| latency p50 | {percentile(lat, 50):.2f} s |",
                   f"| latency p95 | {percentile(lat, 95):.2f} s |",
                   f"| latency max | {lat[-1]:.2f} s |",
                   f"| latency mean | {statistics.fmean(lat):.2f} s |"]
+    if first and later:
+        lines += [f"| latency p50, first click (may include the image's attention) | {percentile(first, 50):.2f} s |",
+                  f"| latency p50, later clicks | {percentile(later, 50):.2f} s |"]
     lines += [f"| peak server RSS (master + workers) | {result.peak_rss / 2**20:.0f} MiB |",
               f"| masks equal to the sequential in-process predictor | {total - len(result.errors) - len(result.mismatches)}"
               f" of {total - len(result.errors)} |"]
