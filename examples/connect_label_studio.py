@@ -62,7 +62,8 @@ def _request(method: str, address: str, step: str, **kwargs) -> requests.Respons
         raise SetupError(f"could not {step}: {method} {address} failed: {exc}") from None
     if response.status_code == 401:
         raise SetupError(f"could not {step}: Label Studio rejected the API key (HTTP 401: {response.text[:300]}). "
-                         "Legacy tokens are disabled by default since Label Studio 1.18; use a Personal Access Token.")
+                         "Recent Label Studio versions refuse legacy tokens unless an admin enables them; "
+                         "use a Personal Access Token.")
     if response.status_code >= 400:
         raise SetupError(f"could not {step}: {method} {address} answered HTTP {response.status_code}: "
                          f"{response.text[:1000]}")
@@ -125,7 +126,11 @@ def connect(url: str, api_key: str, images_dir: Path, backend_url: str, title: s
     headers = auth_headers(url, api_key)
     project = create_project(url, headers, title, label_config)
     task_ids = upload_images(url, headers, project, images)
-    ml_backend = attach_backend(url, headers, project, backend_url.rstrip("/"), backend_title, basic_auth)
+    try:
+        ml_backend = attach_backend(url, headers, project, backend_url.rstrip("/"), backend_title, basic_auth)
+    except SetupError as exc:
+        raise SetupError(f"{exc}\n(project {project} was created with {len(task_ids)} task(s); attach the backend "
+                         f"later under Settings → Model, or delete the project: {url}/projects/{project})") from None
     return {"project": project, "tasks": task_ids, "ml_backend": ml_backend,
             "project_url": f"{url}/projects/{project}/data"}
 
