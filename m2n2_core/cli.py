@@ -69,12 +69,16 @@ def run_segment(args: argparse.Namespace) -> int:
     except RuntimeError as exc:  # model loading and similar, with their own clear messages
         print(f"m2n2 segment: {exc}", file=sys.stderr)
         return 1
-    Image.fromarray((mask * 255).astype(np.uint8)).save(args.out)
-    print(f"mask: {args.out} ({w}×{h}, {mask.mean():.1%} foreground); image {t1 - t0:.2f} s, clicks {t2 - t1:.2f} s")
-    if args.overlay:
-        Image.fromarray(draw_overlay(image, mask, [(x, y) for x, y, _ in points],
-                                     [lab for _, _, lab in points])).save(args.overlay)
-        print(f"overlay: {args.overlay}")
+    try:
+        Image.fromarray((mask * 255).astype(np.uint8)).save(args.out)
+        print(f"mask: {args.out} ({w}×{h}, {mask.mean():.1%} foreground); image {t1 - t0:.2f} s, clicks {t2 - t1:.2f} s")
+        if args.overlay:
+            Image.fromarray(draw_overlay(image, mask, [(x, y) for x, y, _ in points],
+                                         [lab for _, _, lab in points])).save(args.overlay)
+            print(f"overlay: {args.overlay}")
+    except (OSError, ValueError) as exc:  # missing directory, no permission, unknown file extension
+        print(f"m2n2 segment: cannot write the output: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

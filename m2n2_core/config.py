@@ -48,7 +48,6 @@ class M2N2Config:
     # --- speed ---
     exact: bool = False                    #: True → the spec's direct dense method (the reference)
     chain_mass_epsilon: float = 1e-4       #: fast path: per row, drop the smallest entries carrying ≤ this mass
-    jbu_stride: Optional[int] = None       #: fast path: tap spacing in pixels (None → about σ/3)
     # --- caches ---
     distance_cache_size: int = 64          #: per-image cache of click distance maps (entries)
 

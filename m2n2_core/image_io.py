@@ -24,7 +24,9 @@ def load_image(src: ImageSource, max_pixels: Optional[int] = None) -> np.ndarray
     Raises ImageError for unreadable or truncated files and for images larger than ``max_pixels``.
     """
     if isinstance(src, np.ndarray):
-        return as_rgb_uint8(src)
+        rgb = as_rgb_uint8(src)
+        _check_size((rgb.shape[1], rgb.shape[0]), max_pixels)
+        return rgb
     if isinstance(src, Image.Image):
         return _pil_to_rgb(src, max_pixels)
     if isinstance(src, (bytes, bytearray)):
@@ -70,7 +72,7 @@ def _pil_to_rgb(img: Image.Image, max_pixels: Optional[int]) -> np.ndarray:
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, img)
-    return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
+    return np.array(img.convert("RGB"), dtype=np.uint8)  # a writable copy (np.asarray of a PIL image is read-only)
 
 
 def as_rgb_uint8(array: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ from .markov import click_grid_starts, markov_maps
 from .merge import truncated_nearest_neighbour
 from .scoring import Candidates, candidates, select_threshold
 from .transition import Transition
-from .upsampling import guide_image, upsample_markov_map
+from .upsampling import JBUOperator, guide_image, upsample_markov_map
 
 ArrayLike = Union[np.ndarray, torch.Tensor, Sequence]
 
@@ -57,6 +57,8 @@ class PreparedImage:
         self.r = int(round(math.sqrt(transition.size)))
         self.config = config
         self.guide = guide_image(image)
+        self.jbu = None if config.exact else JBUOperator(self.guide, self.r, config.jbu_sigma_spatial,
+                                                         config.jbu_sigma_range)
         self._cache: "OrderedDict[Tuple[float, float], ClickMap]" = OrderedDict()
         self._lock = threading.Lock()
         self.timings: Dict[str, float] = {}  # seconds per stage of the latest click computation / prediction
@@ -65,7 +67,13 @@ class PreparedImage:
     def nbytes(self) -> int:
         with self._lock:
             cached = sum(c.nbytes for c in self._cache.values())
-        return self.transition.nbytes + self.image.nbytes + self.guide.numel() * 4 + cached
+        operator = self.jbu.nbytes if self.jbu is not None else 0
+        return self.transition.nbytes + operator + self.image.nbytes + self.guide.numel() * 4 + cached
+
+    def clear_cache(self) -> None:
+        """Forget every cached click map (the balanced matrix and JBU operator stay)."""
+        with self._lock:
+            self._cache.clear()
 
     # ---- per click -------------------------------------------------------------------------------------------
     def distance_map(self, x: float, y: float) -> np.ndarray:
@@ -97,12 +105,14 @@ class PreparedImage:
         starts = click_grid_starts(points, self.width, self.height, self.r)
         arrival = markov_maps(self.transition, starts, cfg.tau, cfg.interpolate, cfg.max_iterations).cpu()
         times = {"chain": time.perf_counter() - t0, "jbu": 0.0, "flood_fill": 0.0, "candidates": 0.0}
-        stride = 1 if cfg.exact else cfg.jbu_stride
         maps = []
         for (x, y), grid in zip(points, arrival):
             t = time.perf_counter()
-            m = upsample_markov_map(grid.reshape(self.r, self.r), self.guide, cfg.jbu_sigma_spatial,
-                                    cfg.jbu_sigma_range, stride).numpy()
+            grid = grid.reshape(self.r, self.r)
+            if self.jbu is not None:
+                m = self.jbu.apply(grid).numpy()
+            else:
+                m = upsample_markov_map(grid, self.guide, cfg.jbu_sigma_spatial, cfg.jbu_sigma_range).numpy()
             times["jbu"] += time.perf_counter() - t
             t = time.perf_counter()
             py, px = _pixel(x, y, self.width, self.height)

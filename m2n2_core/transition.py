@@ -50,7 +50,7 @@ class Transition:
         n = balanced.shape[0]
         keep = _mass_cutoff_mask(balanced, epsilon) if epsilon > 0 else balanced > 0
         nnz = int(keep.sum())
-        if nnz * _CSR_BYTES_PER_ENTRY <= 2 * n * n:
+        if nnz * _CSR_BYTES_PER_ENTRY + 4 * (n + 1) <= 2 * n * n:  # values + column indices + row pointers
             at = torch.where(keep, balanced, 0.0).T.contiguous()
             del keep
             csr = at.to_sparse_csr()

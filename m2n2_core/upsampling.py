@@ -3,8 +3,6 @@ full-resolution RGB image."""
 from __future__ import annotations
 
 import math
-from typing import Optional
-
 import numpy as np
 import torch
 
@@ -28,12 +26,11 @@ def bilinear_upsample(grid_map: torch.Tensor, height: int, width: int) -> torch.
 
 
 def joint_bilateral_filter(values: torch.Tensor, guide: torch.Tensor, sigma_x: float, sigma_y: float,
-                           sigma_range: float, stride_x: int = 1, stride_y: int = 1) -> torch.Tensor:
+                           sigma_range: float) -> torch.Tensor:
     """Σ_q Gs(p−q)·Gr(I_p−I_q)·values(q) / Σ_q Gs·Gr over the in-image offsets |dx| ≤ 3σx, |dy| ≤ 3σy.
 
     ``guide`` is H×W×3 in [0, 1]; Gs is a Gaussian with per-axis widths σx, σy (pixels), Gr a Gaussian of the RGB
-    Euclidean distance. With strides > 1 only every stride-th offset is visited (the fast approximation); strides of 1
-    are the exact filter.
+    Euclidean distance. This is the direct method: one pass over the image per offset.
     """
     h, w = values.shape
     rx, ry = int(math.ceil(3 * sigma_x)), int(math.ceil(3 * sigma_y))
@@ -41,8 +38,8 @@ def joint_bilateral_filter(values: torch.Tensor, guide: torch.Tensor, sigma_x: f
     den = torch.zeros(h, w, dtype=torch.float32)
     guide = guide.to(torch.float32)
     inv2r = 1.0 / (2 * sigma_range ** 2)
-    for dy in _offsets(ry, stride_y):
-        for dx in _offsets(rx, stride_x):
+    for dy in range(-ry, ry + 1):
+        for dx in range(-rx, rx + 1):
             gs = math.exp(-(dx * dx) / (2 * sigma_x ** 2) - (dy * dy) / (2 * sigma_y ** 2))
             ys, yd = _overlap(h, dy)
             xs, xd = _overlap(w, dx)
@@ -53,12 +50,6 @@ def joint_bilateral_filter(values: torch.Tensor, guide: torch.Tensor, sigma_x: f
     return num / den
 
 
-def _offsets(radius: int, stride: int):
-    """Symmetric offsets −radius..radius visiting 0 and every stride-th step either side."""
-    side = list(range(stride, radius + 1, stride))
-    return [-o for o in reversed(side)] + [0] + side
-
-
 def _overlap(n: int, d: int):
     """Slices (target, source) so that target index i reads source index i + d inside [0, n)."""
     if d >= 0:
@@ -66,25 +57,107 @@ def _overlap(n: int, d: int):
     return slice(-d, n), slice(0, n + d)
 
 
-def upsample_markov_map(grid_map: torch.Tensor, guide: torch.Tensor, sigma_spatial: float, sigma_range: float,
-                        stride: Optional[int] = 1) -> torch.Tensor:
-    """Bilinear upsample + joint bilateral filter, divided by the max: H×W float32 in [0, 1].
+def spatial_sigmas(sigma_spatial: float, height: int, width: int, r: int):
+    """σ_s grid cells in pixels per axis: (σx, σy) = (σ_s·W/r, σ_s·H/r)."""
+    return sigma_spatial * width / r, sigma_spatial * height / r
 
-    σ_s is in grid cells (σx = σ_s·W/r, σy = σ_s·H/r pixels). ``stride`` 1 is exact; None picks the fast stride
-    (about σ/2 per axis); an integer > 1 uses that stride on both axes.
-    """
+
+def upsample_markov_map(grid_map: torch.Tensor, guide: torch.Tensor, sigma_spatial: float,
+                        sigma_range: float) -> torch.Tensor:
+    """The direct method: bilinear upsample + joint bilateral filter, divided by the max (H×W float32 in [0, 1])."""
     h, w = guide.shape[:2]
-    r = grid_map.shape[-1]
-    sx, sy = sigma_spatial * w / r, sigma_spatial * h / r
-    if stride is None:
-        stx, sty = max(1, round(sx / 2)), max(1, round(sy / 2))
-    else:
-        stx = sty = int(stride)
-    up = bilinear_upsample(grid_map, h, w)
-    out = joint_bilateral_filter(up, guide, sx, sy, sigma_range, stx, sty)
+    sx, sy = spatial_sigmas(sigma_spatial, h, w, grid_map.shape[-1])
+    out = joint_bilateral_filter(bilinear_upsample(grid_map, h, w), guide, sx, sy, sigma_range)
     return out / out.max().clamp_min(1e-12)
 
 
 def guide_image(image: np.ndarray) -> torch.Tensor:
     """H×W×3 uint8 → float32 tensor in [0, 1]."""
     return torch.from_numpy(np.ascontiguousarray(image)).to(torch.float32).div_(255.0)
+
+
+class JBUOperator:
+    """Bilinear upsampling + joint bilateral filtering for one guide image, precomputed as a linear operator.
+
+    Every output pixel is a fixed linear combination of the r×r map's cells inside a small block (the cells its
+    filter window reads through the bilinear interpolation). The weights of that combination are summed once per
+    image from the same taps the direct filter visits, so applying the operator gives the direct filter's result (up to
+    float rounding) for any map, with one multiply-add per block cell instead of one per tap.
+    """
+
+    def __init__(self, guide: torch.Tensor, r: int, sigma_spatial: float, sigma_range: float, rows_per_chunk: int = 32):
+        h, w = guide.shape[:2]
+        self.r, self.height, self.width = r, h, w
+        sx, sy = spatial_sigmas(sigma_spatial, h, w, r)
+        rx, ry = int(math.ceil(3 * sx)), int(math.ceil(3 * sy))
+        dxs, dys = list(range(-rx, rx + 1)), list(range(-ry, ry + 1))
+        self.bx, rel_x = _block_weights(w, r, dxs)   # (W,), (W, n_dx, bw): cell weights relative to the block start
+        self.by, rel_y = _block_weights(h, r, dys)
+        bh, bw = rel_y.shape[2], rel_x.shape[2]
+        guide = guide.to(torch.float32)
+        padded = torch.zeros(h, w + 2 * rx, 3)
+        padded[:, rx:rx + w] = guide
+        x_ok = torch.stack([(torch.arange(w) + dx >= 0) & (torch.arange(w) + dx < w) for dx in dxs])  # (n_dx, W)
+        gx = torch.tensor([math.exp(-(d * d) / (2 * sx * sx)) for d in dxs])
+        spatial_x = (gx[:, None] * x_ok)[:, None, :]                       # (n_dx, 1, W)
+        inv2r = 1.0 / (2 * sigma_range ** 2)
+        weights = torch.empty(h, w, bh, bw, dtype=torch.float32)
+        for y0 in range(0, h, rows_per_chunk):
+            y1 = min(h, y0 + rows_per_chunk)
+            target = guide[y0:y1][None]                                     # (1, rows, W, 3)
+            per_dy = torch.zeros(len(dys), y1 - y0, w, bw)
+            for j, dy in enumerate(dys):
+                src = torch.arange(y0, y1) + dy
+                ok = (src >= 0) & (src < h)
+                if not bool(ok.any()):
+                    continue
+                band = padded[src.clamp(0, h - 1)]                           # (rows, W + 2rx, 3)
+                # window[i] = band shifted by dxs[i]: (n_dx, rows, W, 3) as a strided view
+                window = band.as_strided((len(dxs), y1 - y0, w, 3), (3, band.stride(0), 3, 1))
+                diff = window - target
+                tap = torch.exp_((diff * diff).sum(-1).mul_(-inv2r))
+                tap.mul_(spatial_x).mul_(math.exp(-(dy * dy) / (2 * sy * sy)) * ok[None, :, None])
+                per_dy[j] = torch.einsum("dyx,xdb->yxb", tap, rel_x)       # Σ_dx tap · rel_x
+            weights[y0:y1] = torch.einsum("yda,dyxb->yxab", rel_y[y0:y1], per_dy)  # Σ_dy rel_y · per_dy
+        weights /= weights.sum(dim=(2, 3), keepdim=True)
+        self.weights = weights
+
+    @property
+    def nbytes(self) -> int:
+        return self.weights.numel() * self.weights.element_size()
+
+    def apply(self, grid_map: torch.Tensor, rows_per_chunk: int = 64) -> torch.Tensor:
+        """The upsampled, filtered map divided by its max: H×W float32 in [0, 1]."""
+        bh, bw = self.weights.shape[2:]
+        m = torch.zeros(self.r + bh, self.r + bw)
+        m[: self.r, : self.r] = grid_map.to(torch.float32)
+        cols = self.bx[:, None] + torch.arange(bw)                          # (W, bw)
+        out = torch.empty(self.height, self.width)
+        for y0 in range(0, self.height, rows_per_chunk):
+            y1 = min(self.height, y0 + rows_per_chunk)
+            block_rows = m[self.by[y0:y1, None] + torch.arange(bh)]        # (rows, bh, r+bw)
+            cells = block_rows[:, :, cols]                                  # (rows, bh, W, bw)
+            out[y0:y1] = torch.einsum("yaxb,yxab->yx", cells, self.weights[y0:y1])
+        return out / out.max().clamp_min(1e-12)
+
+
+def _block_weights(size: int, r: int, offsets):
+    """Per pixel i: the first grid cell its window reads and, per offset d, the bilinear weights of pixel i+d's cells
+    relative to that first cell (zero where i+d leaves the image)."""
+    g = (r - 1) * torch.arange(size, dtype=torch.float64) / size
+    i0 = g.floor().long().clamp_(0, r - 1)
+    i1 = (i0 + 1).clamp_(max=r - 1)
+    f = (g - i0).to(torch.float32)
+    lo, hi = min(offsets), max(offsets)
+    pix = torch.arange(size)
+    start = i0[(pix + lo).clamp(0, size - 1)]
+    stop = i1[(pix + hi).clamp(0, size - 1)]
+    block = int((stop - start).max()) + 1
+    rel = torch.zeros(size, len(offsets), block)
+    for k, d in enumerate(offsets):
+        src = pix + d
+        ok = (src >= 0) & (src < size)
+        s = src.clamp(0, size - 1)
+        rel[pix[ok], k, (i0[s] - start)[ok]] += (1 - f[s])[ok]
+        rel[pix[ok], k, (i1[s] - start)[ok]] += f[s][ok]
+    return start, rel

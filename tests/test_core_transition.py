@@ -1,0 +1,107 @@
+"""The transition matrix storage: exact dense fp32, and the compact form (CSR or fp16 dense) with its mass budget."""
+import pytest
+import torch
+
+from m2n2_core.transition import Transition
+
+from core_helpers import torch_single_thread  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+def banded(n: int, width: int, seed: int) -> torch.Tensor:
+    """Row-stochastic, nonzero only within ``width`` of the diagonal, with a long thin tail of tiny entries."""
+    g = torch.Generator().manual_seed(seed)
+    i = torch.arange(n)
+    dist = (i[:, None] - i[None, :]).abs().to(torch.float64)
+    a = torch.exp(-dist ** 2 / 8.0) * (0.5 + torch.rand(n, n, generator=g, dtype=torch.float64))
+    a[dist > width] = 0.0
+    return (a / a.sum(1, keepdim=True)).to(torch.float32)
+
+
+def dense(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    a = 0.2 + torch.rand(n, n, generator=g, dtype=torch.float64)
+    return (a / a.sum(1, keepdim=True)).to(torch.float32)
+
+
+def test_exact_step_is_p_times_a():
+    a = dense(20, seed=0)
+    p = torch.rand(3, 20, generator=torch.Generator().manual_seed(1))
+    t = Transition.exact(a)
+    assert t.kind == "dense32" and t.size == 20 and t.nbytes == 20 * 20 * 4
+    torch.testing.assert_close(t.step(p), p @ a)
+
+
+def kept_mask(t: Transition, a: torch.Tensor) -> torch.Tensor:
+    """Which entries of A the compact storage still holds (its stored matrix is Aᵀ, N·Aᵀ for fp16)."""
+    if t.kind == "csr":
+        return (t.matrix.to_dense().T != 0)
+    return t.matrix.T.to(torch.float32) != 0
+
+
+@pytest.mark.parametrize("epsilon", [1e-4, 1e-2, 0.1])
+def test_compact_drops_at_most_epsilon_mass_and_only_the_smallest_entries(epsilon):
+    a = banded(200, width=40, seed=2)
+    t = Transition.compact(a, epsilon)
+    assert t.kind == "csr"
+    keep = kept_mask(t, a)
+    kept_mass = torch.where(keep, a, 0.0).to(torch.float64).sum(1)
+    assert bool((kept_mass >= (1 - epsilon) * a.to(torch.float64).sum(1) - 1e-6).all())
+    for row, k in zip(a, keep):
+        dropped = row[~k & (row > 0)]
+        if dropped.numel():
+            assert dropped.max() <= row[k].min()
+    # the kept entries are stored exactly
+    stored = t.matrix.to_dense().T
+    assert torch.equal(stored[keep], a[keep])
+    if epsilon >= 1e-2:
+        assert int(keep.sum()) < int((a > 0).sum())  # the budget is actually used
+
+
+def test_compact_chooses_csr_for_a_banded_matrix_within_half_the_dense_bytes():
+    a = banded(256, width=10, seed=3)
+    t = Transition.compact(a, 1e-4)
+    assert t.kind == "csr"
+    assert t.nbytes <= 256 * 256 * 4 // 2
+
+
+def test_compact_chooses_fp16_dense_for_a_dense_matrix_within_half_the_dense_bytes():
+    a = dense(256, seed=4)
+    t = Transition.compact(a, 1e-4)
+    assert t.kind == "dense16"
+    assert t.matrix.dtype == torch.float16
+    assert t.nbytes <= 256 * 256 * 4 // 2
+
+
+@pytest.mark.parametrize("make", [lambda: banded(256, 10, 5), lambda: dense(256, 6)])
+def test_compact_step_is_proportional_to_p_times_a(make):
+    a = make()
+    p = torch.rand(4, 256, generator=torch.Generator().manual_seed(7))
+    p[1] = 0.0
+    p[1, 17] = 1.0  # a one-hot start, like a click on an exact cell
+    out = Transition.compact(a, 1e-4).step(p)
+    ref = p @ a
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    torch.testing.assert_close(out / out.amax(1, keepdim=True), ref / ref.amax(1, keepdim=True),
+                               rtol=2e-3, atol=2e-3)
+
+
+def test_compact_with_zero_epsilon_keeps_every_nonzero_entry():
+    a = banded(64, width=5, seed=8)
+    t = Transition.compact(a, 0.0)
+    assert torch.equal(kept_mask(t, a), a > 0)
+
+
+@pytest.mark.parametrize("per_row", [3, 4, 5])
+def test_compact_stays_within_half_the_dense_bytes_at_the_csr_break_even_point(per_row):
+    # 16×16 with exactly `per_row` nonzeros per row: 4 per row is where values + column indices alone take half of
+    # dense fp32; the row pointers must be counted too
+    n = 16
+    a = torch.zeros(n, n)
+    for i in range(n):
+        a[i, [(i + k) % n for k in range(per_row)]] = 1.0 / per_row
+    t = Transition.compact(a, 0.0)
+    assert t.nbytes <= n * n * 4 // 2
+    rows = t.step(torch.eye(n))
+    torch.testing.assert_close(rows / rows.amax(1, keepdim=True), a / a.amax(1, keepdim=True), rtol=1e-3, atol=1e-3)
