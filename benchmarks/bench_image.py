@@ -209,14 +209,14 @@ def main(argv=None) -> int:
         peak_source = max(run["peak_source"] for run in runs)
         peak_all = max(run["peak_all"] for run in runs)
         rows.append((r, best, peak_source, peak_all, all(run["finite"] for run in runs)))
-        if args.compare_early_stop:
-            comparisons.append((r, *compare_early_stop(source, image, device, max(1, args.repeats))))
-            print(f"r={r}: UNet pass median {comparisons[-1][1]:.3f} s with early stop, "
-                  f"{comparisons[-1][2]:.3f} s without ({max(1, args.repeats)} alternating pairs)", flush=True)
         bal = f"{best['balance']:.3f} s" if best["balance"] is not None else "n/a (balancing not importable)"
         print(f"r={r}: VAE {best['vae']:.3f} s, UNet+capture {best['unet']:.3f} s, balancing {bal}, "
               f"total {best['total']:.3f} s; peak memory source {peak_source / 2**30:.2f} GiB, "
               f"with balancing {peak_all / 2**30:.2f} GiB; finite: {rows[-1][4]}", flush=True)
+        if args.compare_early_stop:
+            comparisons.append((r, *compare_early_stop(source, image, device, max(1, args.repeats))))
+            print(f"r={r}: UNet pass median {comparisons[-1][1]:.3f} s with early stop, "
+                  f"{comparisons[-1][2]:.3f} s without ({max(1, args.repeats)} alternating pairs)", flush=True)
     rss.stop()
 
     if args.out:

@@ -92,6 +92,8 @@ def register(subparsers) -> None:
     seg.add_argument("--overlay", help="overlay PNG to write (mask, outline and clicks over the image)")
     add_model_arguments(seg)
     seg.set_defaults(func=run_segment)
+    from .evaluation.cli import register as register_eval  # imported here: evaluation imports this module
+    register_eval(subparsers)
 
 
 def main(argv=None) -> int:

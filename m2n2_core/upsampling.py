@@ -94,9 +94,9 @@ class JBUOperator:
         self.bx, rel_x = _block_weights(w, r, dxs)   # (W,), (W, n_dx, bw): cell weights relative to the block start
         self.by, rel_y = _block_weights(h, r, dys)
         bh, bw = rel_y.shape[2], rel_x.shape[2]
-        guide = guide.to(torch.float32)
-        padded = torch.zeros(h, w + 2 * rx, 3)
-        padded[:, rx:rx + w] = guide
+        channels = guide.to(torch.float32).permute(2, 0, 1).contiguous()    # (3, H, W): x innermost, vectorises
+        padded = torch.zeros(3, h, w + 2 * rx)
+        padded[:, :, rx:rx + w] = channels
         x_ok = torch.stack([(torch.arange(w) + dx >= 0) & (torch.arange(w) + dx < w) for dx in dxs])  # (n_dx, W)
         gx = torch.tensor([math.exp(-(d * d) / (2 * sx * sx)) for d in dxs])
         spatial_x = (gx[:, None] * x_ok)[:, None, :]                       # (n_dx, 1, W)
@@ -104,18 +104,19 @@ class JBUOperator:
         weights = torch.empty(h, w, bh, bw, dtype=torch.float32)
         for y0 in range(0, h, rows_per_chunk):
             y1 = min(h, y0 + rows_per_chunk)
-            target = guide[y0:y1][None]                                     # (1, rows, W, 3)
             per_dy = torch.zeros(len(dys), y1 - y0, w, bw)
             for j, dy in enumerate(dys):
                 src = torch.arange(y0, y1) + dy
                 ok = (src >= 0) & (src < h)
                 if not bool(ok.any()):
                     continue
-                band = padded[src.clamp(0, h - 1)]                           # (rows, W + 2rx, 3)
-                # window[i] = band shifted by dxs[i]: (n_dx, rows, W, 3) as a strided view
-                window = band.as_strided((len(dxs), y1 - y0, w, 3), (3, band.stride(0), 3, 1))
-                diff = window - target
-                tap = torch.exp_((diff * diff).sum(-1).mul_(-inv2r))
+                band = padded[:, src.clamp(0, h - 1)]                      # (3, rows, W + 2rx)
+                tap = torch.zeros(len(dxs), y1 - y0, w)
+                for c in range(3):
+                    # band[c] shifted by every dx at once: (n_dx, rows, W) as a strided view
+                    window = band[c].as_strided((len(dxs), y1 - y0, w), (1, band.stride(1), 1))
+                    tap.add_((window - channels[c, y0:y1]).square_())
+                tap = torch.exp_(tap.mul_(-inv2r))
                 tap.mul_(spatial_x).mul_(math.exp(-(dy * dy) / (2 * sy * sy)) * ok[None, :, None])
                 per_dy[j] = torch.einsum("dyx,xdb->yxb", tap, rel_x)       # Σ_dx tap · rel_x
             weights[y0:y1] = torch.einsum("yda,dyxb->yxab", rel_y[y0:y1], per_dy)  # Σ_dy rel_y · per_dy

@@ -27,10 +27,10 @@ def tiny_sd2_components(r: int = 8, seed: int = 0):
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=r, in_channels=4, out_channels=4, layers_per_block=2,
-        block_out_channels=(40, 80, 160, 160), norm_num_groups=8,
+        block_out_channels=(40, 40, 80, 80), norm_num_groups=8,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        attention_head_dim=[5, 10, 20, 20],  # SD2's per-level head counts: head width 8 here, 64 in SD2
+        attention_head_dim=[5, 10, 20, 20],  # SD2's per-level head counts (head width 8, 4, 4, 4 here; 64 in SD2)
         cross_attention_dim=TEXT_HIDDEN, use_linear_projection=True, upcast_attention=True,
         act_fn="silu", flip_sin_to_cos=True, freq_shift=0, norm_eps=1e-5)
     vae = AutoencoderKL(

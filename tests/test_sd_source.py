@@ -143,7 +143,6 @@ def test_layer_weights_and_no_early_stop(model_dir, image):
     layers = ((LAYER_0, 0.25), (LAYER_1, 0.0), (LAYER_2, 0.75))
     config = M2N2Config(model=str(model_dir), attention_resolution=R, layers=layers)
     full_pass = StableDiffusionAttention(config, "cpu", stop_early=False)
-    early = StableDiffusionAttention(config, "cpu")
     assert full_pass.captured_layers == (LAYER_0, LAYER_2)  # weight 0 → not captured at all
     inputs, handles = record_inputs(full_pass.unet, [LAYER_0, LAYER_2])
     attention = full_pass.compute(image)
@@ -152,7 +151,8 @@ def test_layer_weights_and_no_early_stop(model_dir, image):
     unet = full_pass.unet
     expected = reference_attention(inputs, [(unet.get_submodule(LAYER_0), 0.25), (unet.get_submodule(LAYER_2), 0.75)])
     torch.testing.assert_close(attention.double(), expected, atol=2e-6, rtol=1e-4)
-    torch.testing.assert_close(early.compute(image), attention)
+    full_pass.stop_early = True
+    torch.testing.assert_close(full_pass.compute(image), attention)
 
 
 def test_unet_output_unchanged_by_capture(model_dir, image):
@@ -227,7 +227,34 @@ def test_unreachable_hub_gives_clear_error(offline_hub, monkeypatch):
     assert "local diffusers directory" in str(info.value)
 
 
-def test_cached_hub_snapshot_loads_offline(offline_hub, model_dir, image):
+def test_online_hub_id_downloads_only_needed_files(offline_hub, model_dir, monkeypatch):
+    """The online path with the hub replaced by fakes: list the repo, fetch one weight file per component, load."""
+    import huggingface_hub
+    from huggingface_hub import constants
+    from huggingface_hub.hf_api import RepoSibling
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    listing = [str(p.relative_to(model_dir)) for p in model_dir.rglob("*") if p.is_file()]
+    listing += ["unet/diffusion_pytorch_model.bin", "v2-1_768-ema-pruned.ckpt"]
+    requested = []
+
+    class FakeApi:
+        def model_info(self, repo_id):
+            assert repo_id == "some-org/tiny-sd2"
+            return type("Info", (), {"siblings": [RepoSibling(rfilename=f) for f in listing]})()
+
+    def fake_snapshot_download(repo_id, allow_patterns):
+        requested.extend(allow_patterns)
+        return str(model_dir)
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    source = StableDiffusionAttention(M2N2Config(model="some-org/tiny-sd2", attention_resolution=R), "cpu")
+    assert source.description == "some-org/tiny-sd2"
+    assert "unet/diffusion_pytorch_model.safetensors" in requested and "model_index.json" in requested
+    assert not any(f.endswith((".bin", ".ckpt")) or f.startswith("scheduler/") for f in requested)
+
+
+def test_cached_hub_snapshot_loads_offline(offline_hub, model_dir):
     repo = offline_hub / "models--some-org--tiny-sd2"
     commit = "0" * 40
     (repo / "refs").mkdir(parents=True)
@@ -235,8 +262,7 @@ def test_cached_hub_snapshot_loads_offline(offline_hub, model_dir, image):
     (repo / "snapshots").mkdir()
     (repo / "snapshots" / commit).symlink_to(model_dir, target_is_directory=True)
     source = StableDiffusionAttention(M2N2Config(model="some-org/tiny-sd2", attention_resolution=R), "cpu")
-    assert source.description == "some-org/tiny-sd2"
-    assert source.compute(image).shape == (R * R, R * R)
+    assert source.description == "some-org/tiny-sd2" and source.captured_layers == (LAYER_0, LAYER_1)
 
 
 def _partial_copy(model_dir, target, skip):
@@ -261,6 +287,13 @@ def test_corrupt_weights_name_the_file(model_dir, tmp_path):
     (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x00not a safetensors file")
     with pytest.raises(ModelLoadError, match="could not load the unet from .*diffusion_pytorch_model.safetensors"):
         StableDiffusionAttention(M2N2Config(model=str(broken)), "cpu")
+
+
+def test_missing_directory_is_not_sent_to_the_hub(tmp_path, network_attempts):
+    before = len(network_attempts)
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        StableDiffusionAttention(M2N2Config(model=str(tmp_path / "no" / "such" / "dir")), "cpu")
+    assert len(network_attempts) == before
 
 
 def test_file_instead_of_directory(tmp_path):

@@ -81,6 +81,9 @@ def resolve_model_dir(model: str, fp16: bool) -> Path:
         return path
     if path.exists():
         raise ModelLoadError(f"model {model!r} is a file, not a diffusers pipeline directory")
+    if model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model:  # a path, not owner/name
+        raise ModelLoadError(f"model directory {str(path)!r} does not exist; set M2N2_MODEL (or --model) to a local "
+                             f"diffusers directory with vae/, text_encoder/ and unet/, or to a Hugging Face hub id")
 
     from huggingface_hub import HfApi, constants, snapshot_download, try_to_load_from_cache
     from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
