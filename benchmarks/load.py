@@ -434,7 +434,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--annotators", type=int, default=8)
     p.add_argument("--images", type=int, default=4)
     p.add_argument("--clicks", type=int, default=4, help="clicks per annotator (one request each)")
-    p.add_argument("--resolution", type=int, default=32, help="affinity attention grid r")
+    p.add_argument("--resolution", type=int, default=64, help="affinity attention grid r")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=8)
     p.add_argument("--time-limit", type=float, default=600.0, help="seconds; later clicks are not sent")

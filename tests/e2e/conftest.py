@@ -159,7 +159,8 @@ def label_studio(ls_venv, tmp_path_factory) -> LabelStudioServer:
         LABEL_STUDIO_USER_TOKEN=legacy_token, LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK="true",
         # the backend listens on 127.0.0.1: Label Studio refuses to call reserved addresses unless both are off
         LABEL_STUDIO_ML_BLOCK_LOCAL_IP="false", LABEL_STUDIO_SSRF_PROTECTION_ENABLED="false",
-        LATEST_VERSION_CHECK="false", COLLECT_ANALYTICS="false",  # no calls to the internet
+        LATEST_VERSION_CHECK="false", COLLECT_ANALYTICS="false",  # no calls to the internet:
+        SENTRY_DSN="", FRONTEND_SENTRY_DSN="",                    # version check, analytics, error reports
         HOME=str(data_dir),
     )
     service = Service("label-studio", [str(ls_venv / "bin" / "label-studio"), "start", "--no-browser",
@@ -176,12 +177,12 @@ def label_studio(ls_venv, tmp_path_factory) -> LabelStudioServer:
 def backend_settings(variant: str, work: Path) -> Dict[str, str]:
     """The M2N2_* environment of a backend variant (building the tiny SD2 model for "sd-tiny")."""
     if variant == "affinity":
-        return {"M2N2_DEVICE": "cpu", "M2N2_ATTENTION": "affinity", "M2N2_ATTENTION_RESOLUTION": "32"}
+        return {"M2N2_DEVICE": "cpu", "M2N2_ATTENTION": "affinity", "M2N2_ATTENTION_RESOLUTION": "64"}
     from tests.sd_fixtures import make_tiny_sd2
 
     model_dir = work / "tiny-sd2"
-    make_tiny_sd2(model_dir, 8)
-    return {"M2N2_DEVICE": "cpu", "M2N2_ATTENTION": "sd", "M2N2_ATTENTION_RESOLUTION": "8",
+    make_tiny_sd2(model_dir, 64)
+    return {"M2N2_DEVICE": "cpu", "M2N2_ATTENTION": "sd", "M2N2_ATTENTION_RESOLUTION": "64",
             "M2N2_MODEL": str(model_dir)}
 
 
