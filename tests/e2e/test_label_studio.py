@@ -58,7 +58,8 @@ def test_clicks_through_label_studio_match_in_process_predictor(grabcut_image, l
     assert len(project["tasks"]) == 1
     assert project["project_url"] == f"{label_studio.url}/projects/{project['project']}/data"
 
-    client = LabelStudio(base_url=label_studio.url, api_key=backend.api_key)
+    # Label Studio waits up to 100 s for /predict; the first click may include preparing the image on a busy CPU
+    client = LabelStudio(base_url=label_studio.url, api_key=backend.api_key, timeout=180)
     task = client.tasks.get(project["tasks"][0])
     assert task.data["image"].startswith("/data/upload/"), task.data
     assert client.ml.get(project["ml_backend"]).is_interactive
