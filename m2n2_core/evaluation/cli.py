@@ -89,11 +89,12 @@ def register(subparsers) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="m2n2")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    """`python -m m2n2_core.evaluation.cli ARGS` = `m2n2 eval ARGS`."""
+    from ..cli import main as m2n2_main
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    return m2n2_main(args if args[:1] == ["eval"] else ["eval", *args])
 
 
 if __name__ == "__main__":
-    sys.exit(main(["eval", *sys.argv[1:]] if sys.argv[1:2] != ["eval"] else sys.argv[1:]))
+    sys.exit(main())
