@@ -11,7 +11,7 @@
 # Steps: (1) correctness of the CUDA path on a tiny SD2-shaped model (fp16 and fp32 on cuda vs fp32 on cpu);
 # (2) bench_image.py, cuda fp16, r=128, with balancing: per-image time and peak GPU memory against the targets
 # (<= 0.5 s per image including balancing, <= 6 GB = 5.59 GiB peak), and the UNet pass with vs without the early
-# stop after the last captured layer.
+# stop after the last captured layer; (3) bench_click.py on cuda (chain on the GPU; upsampling, flood fill and scoring on the CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -61,3 +61,10 @@ EOF
 echo "== 2. full-size SD2 (random weights), cuda fp16, r=128, with balancing"
 "$PY" benchmarks/bench_image.py --device cuda --dtype float16 --resolution 128 --warmup 2 --repeats 5 \
   --compare-early-stop --target-seconds 0.5 --target-gib 5.59 --out "$RESULTS/sd_image_gpu.md"
+
+echo "== 3. per click on the GPU: exact vs fast, r=128, 854×480, clicks 1/5/10 (synthetic SD-like attention)"
+if [ -d ../shared/datasets/GrabCut ]; then
+  "$PY" benchmarks/bench_click.py --device cuda --attention sd-like --resolutions 128 --out "$RESULTS/click_gpu.md"
+else
+  echo "GrabCut not found beside the repo: per-click GPU timing skipped"
+fi
