@@ -1,17 +1,20 @@
 """The balanced transition matrix in the storage the Markov chain runs on.
 
 ``exact`` keeps the dense fp32 matrix (the spec's direct method). The fast form drops, per row, the smallest entries
-whose total mass is at most ``epsilon`` and keeps the rest exactly (fp32 values, CSR) when that takes at most half the
-bytes of dense fp32; otherwise it stores the dense matrix in fp16, scaled by N so that no entry is subnormal, and
-multiplies with fp32 accumulation. Either way a step returns p·A up to a positive factor, which the chain's max
+whose total mass is at most ``epsilon`` and keeps the rest exactly (fp32 values, CSR) when that takes at most an eighth
+of the bytes of dense fp32 (about 6 % of the entries: below that a CSR step is faster than a dense one on CPU, measured
+in benchmarks/RESULTS.md); otherwise it stores the dense matrix in fp16 (half the bytes), scaled by N so that no entry
+is subnormal. Either way a step returns p·A up to a positive factor, which the chain's max
 normalisation removes.
 """
 from __future__ import annotations
 
+import warnings
 
 import torch
 
 _CSR_BYTES_PER_ENTRY = 8  # fp32 value + int32 column index
+_CSR_MAX_FRACTION = 1 / 8  # of dense fp32 bytes
 
 
 class Transition:
@@ -46,16 +49,19 @@ class Transition:
 
     @classmethod
     def compact(cls, balanced: torch.Tensor, epsilon: float) -> "Transition":
-        """The fast storage: at most half the bytes of dense fp32, dropping at most ``epsilon`` mass per row."""
+        """The fast storage: at most half the bytes of dense fp32 (CSR when it needs ≤ 1/8), dropping at most
+        ``epsilon`` mass per row."""
         n = balanced.shape[0]
         keep = _mass_cutoff_mask(balanced, epsilon) if epsilon > 0 else balanced > 0
         nnz = int(keep.sum())
-        if nnz * _CSR_BYTES_PER_ENTRY + 4 * (n + 1) <= 2 * n * n:  # values + column indices + row pointers
+        if nnz * _CSR_BYTES_PER_ENTRY + 4 * (n + 1) <= _CSR_MAX_FRACTION * 4 * n * n:  # values, columns, row pointers
             at = torch.where(keep, balanced, 0.0).T.contiguous()
             del keep
-            csr = at.to_sparse_csr()
-            csr = torch.sparse_csr_tensor(csr.crow_indices().to(torch.int32), csr.col_indices().to(torch.int32),
-                                          csr.values().to(torch.float32), size=csr.shape)
+            with warnings.catch_warnings():  # torch calls sparse CSR "beta"; the operations used here are stable
+                warnings.simplefilter("ignore", UserWarning)
+                csr = at.to_sparse_csr()
+                csr = torch.sparse_csr_tensor(csr.crow_indices().to(torch.int32), csr.col_indices().to(torch.int32),
+                                              csr.values().to(torch.float32), size=csr.shape)
             return cls(csr, "csr")
         return cls((balanced.T * float(n)).to(torch.float16).contiguous(), "dense16")
 
