@@ -56,6 +56,17 @@ def run(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"m2n2 serve: {exc}", file=sys.stderr)
         return 2
+    if settings.attention == "sd":
+        # Before gunicorn starts: make sure the weights are here (downloading them on the first start, with a progress
+        # bar), so that an offline machine gets the reason and a non-zero exit instead of a server that cannot work.
+        from m2n2_core.attention.sd_loading import ModelLoadError, resolve_model_dir
+        from m2n2_core.predictor import resolve_device
+
+        try:
+            resolve_model_dir(settings.model, fp16=resolve_device(settings.device).startswith("cuda"))
+        except ModelLoadError as exc:
+            print(f"m2n2 serve: {exc}", file=sys.stderr)
+            return 1
     print(f"m2n2 serve: http://{settings.host}:{settings.port} ({settings.workers} worker(s) × {settings.threads} "
           f"threads, attention={settings.attention}, preload={'on' if settings.preload else 'off'})", file=sys.stderr)
     command = gunicorn_command()

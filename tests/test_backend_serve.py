@@ -61,8 +61,21 @@ def test_gunicorn_serves_the_protocol():
     assert "gthread" in output
 
 
-def test_preload_failure_exits_non_zero_with_the_reason():
-    proc, _ = serve(["--preload", "--attention", "sd", "--model", "/nonexistent/sd2"])
+def test_missing_model_stops_serve_before_gunicorn_with_the_options():
+    proc, _ = serve(["--attention", "sd", "--model", "/nonexistent/sd2"])
+    try:
+        output = proc.communicate(timeout=180)[0]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("serve with a missing model did not exit")
+    assert proc.returncode == 1
+    assert "/nonexistent/sd2" in output and "does not exist" in output and "M2N2_MODEL" in output
+
+
+def test_preload_failure_exits_non_zero_with_the_reason(tmp_path):
+    empty = tmp_path / "not-a-pipeline"  # exists, so serve's check passes; loading it in the worker fails
+    empty.mkdir()
+    proc, _ = serve(["--preload", "--attention", "sd", "--model", str(empty)])
     try:
         output = proc.communicate(timeout=180)[0]
     except subprocess.TimeoutExpired:
