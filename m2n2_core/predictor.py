@@ -14,7 +14,7 @@ import torch
 from .attention import AttentionSource, make_source
 from .balancing import balance
 from .config import M2N2Config
-from .floodfill import minimax_distance
+from .floodfill import minimax_distance, minimax_distance_reconstruction
 from .image_io import as_rgb_uint8
 from .markov import click_grid_starts, markov_maps
 from .merge import truncated_nearest_neighbour
@@ -116,7 +116,8 @@ class PreparedImage:
             times["jbu"] += time.perf_counter() - t
             t = time.perf_counter()
             py, px = _pixel(x, y, self.width, self.height)
-            d = minimax_distance(m, py, px) if cfg.flood_fill else m.astype(np.float32)
+            fill = minimax_distance_reconstruction if cfg.exact else minimax_distance
+            d = fill(m, py, px) if cfg.flood_fill else m.astype(np.float32)
             times["flood_fill"] += time.perf_counter() - t
             t = time.perf_counter()
             maps.append(ClickMap(distance=d, candidates=candidates(d), pixel=(py, px)))

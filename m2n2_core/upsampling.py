@@ -3,6 +3,8 @@ full-resolution RGB image."""
 from __future__ import annotations
 
 import math
+
+import numba
 import numpy as np
 import torch
 
@@ -122,24 +124,36 @@ class JBUOperator:
             weights[y0:y1] = torch.einsum("yda,dyxb->yxab", rel_y[y0:y1], per_dy)  # Σ_dy rel_y · per_dy
         weights /= weights.sum(dim=(2, 3), keepdim=True)
         self.weights = weights
+        self._by, self._bx = self.by.numpy(), self.bx.numpy()
 
     @property
     def nbytes(self) -> int:
         return self.weights.numel() * self.weights.element_size()
 
-    def apply(self, grid_map: torch.Tensor, rows_per_chunk: int = 64) -> torch.Tensor:
+    def apply(self, grid_map: torch.Tensor) -> torch.Tensor:
         """The upsampled, filtered map divided by its max: H×W float32 in [0, 1]."""
         bh, bw = self.weights.shape[2:]
-        m = torch.zeros(self.r + bh, self.r + bw)
-        m[: self.r, : self.r] = grid_map.to(torch.float32)
-        cols = self.bx[:, None] + torch.arange(bw)                          # (W, bw)
-        out = torch.empty(self.height, self.width)
-        for y0 in range(0, self.height, rows_per_chunk):
-            y1 = min(self.height, y0 + rows_per_chunk)
-            block_rows = m[self.by[y0:y1, None] + torch.arange(bh)]        # (rows, bh, r+bw)
-            cells = block_rows[:, :, cols]                                  # (rows, bh, W, bw)
-            out[y0:y1] = torch.einsum("yaxb,yxab->yx", cells, self.weights[y0:y1])
+        m = np.zeros((self.r + bh, self.r + bw), dtype=np.float32)
+        m[: self.r, : self.r] = grid_map.to(torch.float32).numpy()
+        out = torch.from_numpy(_apply_blocks(m, self._by, self._bx, self.weights.numpy()))
         return out / out.max().clamp_min(1e-12)
+
+
+@numba.njit(nogil=True, cache=True)
+def _apply_blocks(m, by, bx, weights):  # pragma: no cover - compiled
+    """out[y, x] = Σ_ab m[by[y] + a, bx[x] + b] · weights[y, x, a, b]."""
+    h, w, bh, bw = weights.shape
+    out = np.empty((h, w), dtype=np.float32)
+    for y in range(h):
+        y0 = by[y]
+        for x in range(w):
+            x0 = bx[x]
+            acc = np.float32(0.0)
+            for a in range(bh):
+                for b in range(bw):
+                    acc += m[y0 + a, x0 + b] * weights[y, x, a, b]
+            out[y, x] = acc
+    return out
 
 
 def _block_weights(size: int, r: int, offsets):

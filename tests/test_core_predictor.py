@@ -223,17 +223,19 @@ def test_set_image_uses_the_configured_source_once(monkeypatch, blocks):
 
 
 # ---- fast path vs the exact reference -------------------------------------------------------------------------------
+# 96×120 images: a one-pixel difference must not by itself break the IoU bound (at 32×40 it can)
+HA, WA = 3 * H, 3 * W
 CASES = {
-    "blocks-affinity": lambda: (blocks_image(H, W), None),
-    "smooth-affinity": lambda: (smooth_image(H, W, seed=1, sigma=3), None),
-    "blocks-sd-like": lambda: (blocks_image(H, W), dict(seed=0, spread=1.0)),
-    "smooth-sd-like": lambda: (smooth_image(H, W, seed=2, sigma=3), dict(seed=0, spread=2.0)),
+    "blocks-affinity": lambda: (blocks_image(HA, WA), None),
+    "smooth-affinity": lambda: (smooth_image(HA, WA, seed=1, sigma=9), None),
+    "blocks-sd-like": lambda: (blocks_image(HA, WA), dict(seed=0, spread=1.0)),
+    "smooth-sd-like": lambda: (smooth_image(HA, WA, seed=2, sigma=9), dict(seed=0, spread=2.0)),
 }
 CLICKS = [
-    ([(0.3 * W, 0.5 * H)], [1]),
-    ([(0.3 * W, 0.5 * H), (0.75 * W, 0.5 * H)], [1, 1]),
-    ([(0.3 * W, 0.5 * H), (0.75 * W, 0.5 * H), (0.5 * W, 0.2 * H)], [1, 1, 0]),
-    ([(0.6 * W, 0.6 * H), (0.2 * W, 0.2 * H)], [1, 0]),
+    ([(0.3 * WA, 0.5 * HA)], [1]),
+    ([(0.3 * WA, 0.5 * HA), (0.75 * WA, 0.5 * HA)], [1, 1]),
+    ([(0.3 * WA, 0.5 * HA), (0.75 * WA, 0.5 * HA), (0.5 * WA, 0.2 * HA)], [1, 1, 0]),
+    ([(0.6 * WA, 0.6 * HA), (0.2 * WA, 0.2 * HA)], [1, 0]),
 ]
 
 

@@ -1,7 +1,8 @@
-"""The transition matrix storage: exact dense fp32, and the compact form (CSR or fp16 dense) with its mass budget."""
+"""The transition matrix storage: exact dense fp32, and the compact form (CSR with its mass budget, or 16-bit dense)."""
 import pytest
 import torch
 
+from m2n2_core import packed
 from m2n2_core.transition import Transition
 
 from core_helpers import torch_single_thread  # noqa: F401 (fixture)
@@ -37,6 +38,8 @@ def kept_mask(t: Transition, a: torch.Tensor) -> torch.Tensor:
     """Which entries of A the compact storage still holds (its stored matrix is Aᵀ for CSR, A when dense)."""
     if t.kind == "csr":
         return (t.matrix.to_dense().T != 0)
+    if t.kind == "packed16":
+        return packed.decode(t.matrix) != 0
     return t.matrix != 0
 
 
@@ -66,16 +69,18 @@ def test_compact_chooses_csr_for_a_banded_matrix_within_an_eighth_of_the_dense_b
     assert t.nbytes <= 512 * 512 * 4 // 8
 
 
-def test_compact_keeps_a_moderately_sparse_matrix_dense():
+def test_compact_keeps_a_moderately_sparse_matrix_dense_in_16_bits():
     """At 8 % density CSR would still halve the bytes, but its step is slower than the dense one."""
     a = banded(256, width=10, seed=3)
-    assert Transition.compact(a, 0.0).kind == "dense32"
+    assert Transition.compact(a, 0.0).kind == "packed16"
 
 
-def test_compact_keeps_a_dense_matrix_exact():
+def test_compact_stores_a_dense_matrix_in_half_the_bytes_within_2_to_the_minus_12():
     a = dense(256, seed=4)
     t = Transition.compact(a, 1e-4)
-    assert t.kind == "dense32" and torch.equal(t.matrix, a)
+    assert t.kind == "packed16" and t.nbytes == 256 * 256 * 2
+    back = packed.decode(t.matrix)
+    assert torch.all((back - a).abs() <= a * 2.0 ** -12)
 
 
 @pytest.mark.parametrize("make", [lambda: banded(256, 10, 5), lambda: dense(256, 6)])
@@ -97,7 +102,7 @@ def test_compact_with_zero_epsilon_keeps_every_nonzero_entry():
     assert torch.equal(kept_mask(t, a), a > 0)
 
 
-@pytest.mark.parametrize("per_row, kind", [(3, "csr"), (4, "dense32"), (5, "dense32")])
+@pytest.mark.parametrize("per_row, kind", [(3, "csr"), (4, "packed16"), (5, "packed16")])
 def test_compact_counts_row_pointers_at_the_csr_break_even_point(per_row, kind):
     # 64×64 with exactly `per_row` nonzeros per row: at 4 per row values + column indices alone take an eighth of
     # dense fp32, so the row pointers tip it to dense
@@ -111,3 +116,23 @@ def test_compact_counts_row_pointers_at_the_csr_break_even_point(per_row, kind):
         assert t.nbytes <= n * n * 4 // 8
     rows = t.step(torch.eye(n))
     torch.testing.assert_close(rows / rows.amax(1, keepdim=True), a / a.amax(1, keepdim=True), rtol=1e-3, atol=1e-3)
+
+
+def test_packed_codes_round_to_nearest_keep_zero_and_flush_below_2_to_the_minus_31():
+    values = torch.tensor([0.0, 1.0, 0.5, 1 / 3, 2.0 ** -31, 2.0 ** -31 * 0.49, 1e-20, 2.0 ** -20 * 1.00031])
+    back = packed.decode(packed.encode(values[None]))[0]
+    assert back[0] == 0 and back[1] == 1.0 and back[2] == 0.5 and back[4] == 2.0 ** -31
+    assert back[5] == 0 and back[6] == 0
+    assert abs(back[3] - 1 / 3) <= 2.0 ** -12 / 3
+    assert abs(back[7] - values[7]) <= values[7] * 2.0 ** -12
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_packed_product_equals_the_product_with_the_decoded_matrix(threads):
+    torch.set_num_threads(threads)
+    a = dense(1500, seed=9) ** 3
+    codes = packed.encode(a / a.sum(1, keepdim=True))
+    p = torch.rand(3, 1500, generator=torch.Generator().manual_seed(2))
+    p[1] = 0.0
+    p[1, 5] = 1.0
+    torch.testing.assert_close(packed.product(codes, p), p @ packed.decode(codes), rtol=1e-5, atol=1e-9)
