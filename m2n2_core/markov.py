@@ -32,6 +32,7 @@ def markov_maps(transition: Transition, starts: torch.Tensor, tau: float = 0.3, 
     Stops once every cell of every chain has arrived; cells that never arrive get ``max_iterations``.
     """
     device = transition.matrix.device
+    transition = transition.for_chain()
     p = starts.to(device=device, dtype=torch.float32).reshape(starts.shape[0], -1)
     p = p / p.amax(dim=1, keepdim=True)
     arrival = torch.full_like(p, float(max_iterations))

@@ -46,6 +46,13 @@ class Transition:
             return packed.product(self.matrix, p)
         return p @ self.matrix
 
+    def for_chain(self) -> "Transition":
+        """What one chain run steps with: on an accelerator, 16-bit codes are decoded once per run (a transient fp32
+        copy, so the steps run at fp32 mat-vec speed); on the CPU the compiled kernel reads the codes directly."""
+        if self.kind == "packed16" and self.matrix.device.type != "cpu":
+            return Transition(packed.decode(self.matrix), "dense32")
+        return self
+
     @classmethod
     def exact(cls, balanced: torch.Tensor) -> "Transition":
         return cls(balanced.to(torch.float32).contiguous(), "dense32")
