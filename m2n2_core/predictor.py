@@ -11,6 +11,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from . import packed
 from .attention import AttentionSource, make_source
 from .balancing import balance
 from .config import M2N2Config
@@ -170,7 +171,12 @@ class M2N2Predictor:
             return self._source
 
     def load(self) -> AttentionSource:
-        return self.source
+        """Create (for SD: load) the attention source and compile the fast path's kernels, so that the first image
+        and click pay for neither. Returns the source."""
+        source = self.source
+        if not self.config.exact:
+            _compile_kernels()
+        return source
 
     def prepare(self, image: np.ndarray) -> PreparedImage:
         """Run the attention source on an H×W×3 uint8 RGB image, balance, and return the prepared state."""
@@ -228,6 +234,12 @@ def _as_attention(attention) -> torch.Tensor:
     if bool((a.sum(dim=1) <= 0).any()):
         raise ValueError("every attention row must have positive mass")
     return a
+
+
+def _compile_kernels() -> None:
+    """Run every compiled kernel once on a tiny input (numba compiles on first call, or loads its on-disk cache)."""
+    tiny = np.zeros((4, 4, 3), dtype=np.uint8)
+    PreparedImage(tiny, Transition(packed.encode(torch.full((4, 4), 0.25)), "packed16"), M2N2Config()).predict([(1, 1)], [1])
 
 
 def _as_points(points, width: int, height: int) -> np.ndarray:

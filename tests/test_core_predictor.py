@@ -295,3 +295,10 @@ def test_end_to_end_on_a_grabcut_photo(grabcut):
     assert second[y, x] and not second[qy, qx]
     assert not (second & ~first).any()  # a negative click only ever takes pixels away
     assert second.sum() < first.sum()
+
+
+def test_load_compiles_the_fast_paths_kernels():
+    from m2n2_core import floodfill, packed, upsampling
+    kernels = (floodfill._priority_flood, packed._product_columns, upsampling._apply_blocks)
+    M2N2Predictor(M2N2Config(attention="affinity", attention_resolution=R), device="cpu").load()
+    assert all(k.signatures for k in kernels)

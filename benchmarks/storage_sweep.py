@@ -1,0 +1,82 @@
+"""Agreement of alternative chain storages with the exact fp32 chain: the measurement behind the choice of storage.
+
+For each GrabCut image (resized to 854×480) it balances the attention, simulates 5 RITM clicks on the exact (dense
+fp32) chain, then replays them with the chain run on a rounded copy of the matrix, and prints the IoU of the masks after
+every click and the largest change of any click's distance map. Everything else (upsampling operator, flood fill,
+scoring) is shared, so only the storage differs.
+
+    python benchmarks/storage_sweep.py 64 sd-like 124080,21077,banana1 p16,bf16,f16
+
+Storages: p16 (m2n2_core.packed, the fast default for dense matrices), bf16, f16 (plain fp16), f16row (fp16 after
+scaling each row by its max), and eps=<x> (drop per row the smallest entries carrying ≤ x of the mass, CSR-style).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_click import iou, load_sample  # noqa: E402
+
+from m2n2_core import M2N2Config, packed  # noqa: E402
+from m2n2_core.attention import make_source  # noqa: E402
+from m2n2_core.balancing import balance  # noqa: E402
+from m2n2_core.evaluation.clicker import next_click  # noqa: E402
+from m2n2_core.predictor import PreparedImage  # noqa: E402
+from m2n2_core.synthetic import sd_like_attention  # noqa: E402
+from m2n2_core.transition import Transition, _mass_cutoff_mask  # noqa: E402
+
+CLICKS = 5
+
+
+def rounded(balanced: torch.Tensor, storage: str) -> torch.Tensor:
+    """The fp32 matrix a chain on ``storage`` effectively multiplies with."""
+    if storage == "p16":
+        return packed.decode(packed.encode(balanced))
+    if storage == "bf16":
+        return balanced.bfloat16().float()
+    if storage == "f16":
+        return balanced.half().float()
+    if storage == "f16row":
+        scale = balanced.amax(1, keepdim=True)
+        return (balanced / scale).half().float() * scale
+    if storage.startswith("eps="):
+        return torch.where(_mass_cutoff_mask(balanced, float(storage[4:])), balanced, 0.0)
+    raise SystemExit(f"unknown storage {storage!r}")
+
+
+def main(argv=None):
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 4:
+        raise SystemExit(__doc__)
+    r, source, stems, storages = int(args[0]), args[1], args[2].split(","), args[3].split(",")
+    torch.set_num_threads(1)
+    for stem in stems:
+        image, gt, ignore = load_sample(stem)
+        cfg = M2N2Config(attention="affinity" if source == "affinity" else "sd", attention_resolution=r, device="cpu")
+        raw = make_source(cfg, "cpu").compute(image) if source == "affinity" else sd_like_attention(image, r)
+        bal = balance(torch.as_tensor(raw).reshape(r * r, r * r).float(), cfg.temperature, cfg.balancing_iterations)
+        prepared = PreparedImage(image, Transition.exact(bal), cfg)
+        clicks, pred, exact_masks = [], np.zeros_like(gt), []
+        for _ in range(CLICKS):
+            clicks.append(next_click(gt, pred, clicks, ignore))
+            pred = prepared.predict([(x, y) for y, x, _ in clicks], [int(p) for _, _, p in clicks])
+            exact_masks.append(pred)
+        points = np.array([[x, y] for y, x, _ in clicks], dtype=float)
+        exact_maps = [m.distance for m in prepared.click_maps(points)]
+        print(f"{stem} r={r} {source}", flush=True)
+        for storage in storages:
+            prepared.transition = Transition.exact(rounded(bal, storage))
+            prepared.clear_cache()
+            ious = [iou(prepared.predict([(x, y) for y, x, _ in clicks[:k]], [int(p) for _, _, p in clicks[:k]]),
+                        exact_masks[k - 1]) for k in range(1, CLICKS + 1)]
+            change = max(float(np.abs(m.distance - e).max()) for m, e in zip(prepared.click_maps(points), exact_maps))
+            print(f"  {storage:8s} min IoU {min(ious):.4f}  max |ΔD| {change:.2e}  per click "
+                  + " ".join(f"{v:.4f}" for v in ious), flush=True)
+
+
+if __name__ == "__main__":
+    main()
