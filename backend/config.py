@@ -8,6 +8,7 @@
 | `M2N2_ATTENTION_RESOLUTION` | `128` | attention grid r (r×r cells; SD input is 8r×8r pixels) |
 | `M2N2_PRELOAD` | `0` | `1`: load the model when a worker starts and refuse to start if that fails |
 | `M2N2_LOAD_WAIT` | `60` | seconds a `/predict` waits for a model that is still loading before answering 503 |
+| `M2N2_DENSE_STORAGE` | `fp32` | a dense attention matrix in `fp32` (exact) or `16bit` (half the memory per cached image; masks may differ slightly from exact, see benchmarks/RESULTS.md) |
 | `M2N2_CACHE_BYTES` | `4GiB` | byte budget of the per-image attention cache (LRU); suffixes K/M/G/T, KiB/MiB/GiB/TiB |
 | `M2N2_WARMUP_THREADS` | `1` | threads that precompute attention for tasks opened without clicks (`0`: off) |
 | `M2N2_WARMUP_QUEUE` | `8` | at most this many images wait for warm-up; more are skipped |
@@ -144,6 +145,7 @@ class Settings:
     device: Optional[str] = None
     attention: str = "sd"
     attention_resolution: int = 128
+    dense_storage: str = "fp32"
     preload: bool = False
     load_wait: float = 60.0
     cache_bytes: int = 4 * 1024 ** 3
@@ -172,6 +174,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.attention not in ("sd", "affinity"):
             raise SettingsError(f"M2N2_ATTENTION={self.attention!r} must be 'sd' or 'affinity'")
+        if self.dense_storage not in ("fp32", "16bit"):
+            raise SettingsError(f"M2N2_DENSE_STORAGE={self.dense_storage!r} must be 'fp32' or '16bit'")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             raise SettingsError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
         if self.log_level not in _LOG_LEVELS:
@@ -189,6 +193,7 @@ class Settings:
             device=_device(env.get("M2N2_DEVICE", "")),
             attention=env.get("M2N2_ATTENTION", "").strip().lower() or "sd",
             attention_resolution=_int(env, "M2N2_ATTENTION_RESOLUTION", 128, 2),
+            dense_storage=env.get("M2N2_DENSE_STORAGE", "").strip().lower() or "fp32",
             preload=_bool(env, "M2N2_PRELOAD", False),
             load_wait=_float(env, "M2N2_LOAD_WAIT", 60.0),
             cache_bytes=_size(env, "M2N2_CACHE_BYTES", 4 * 1024 ** 3),
@@ -219,7 +224,8 @@ class Settings:
         """The algorithm configuration these settings select (paper defaults for everything else)."""
         try:
             return M2N2Config(attention=self.attention, model=self.model,
-                              attention_resolution=self.attention_resolution, device=self.device)
+                              attention_resolution=self.attention_resolution, device=self.device,
+                              dense_storage=self.dense_storage)
         except ValueError as exc:
             raise SettingsError(f"invalid M2N2 configuration: {exc}") from None
 

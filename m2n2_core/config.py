@@ -48,6 +48,9 @@ class M2N2Config:
     # --- speed ---
     exact: bool = False                    #: True → the spec's direct dense method (the reference)
     chain_mass_epsilon: float = 1e-4       #: fast path: per row, drop the smallest entries carrying ≤ this mass
+    #: fast path, a balanced matrix too dense for CSR: "fp32" (the exact chain) or "16bit" (half the bytes; masks
+    #: differ from exact by IoU < 0.99 on some inputs, see benchmarks/RESULTS.md)
+    dense_storage: str = "fp32"
     # --- caches ---
     distance_cache_size: int = 64          #: per-image cache of click distance maps (entries)
 
@@ -61,6 +64,8 @@ class M2N2Config:
             raise ValueError("attention_resolution must be at least 2")
         if not 0.0 < self.tau < 1.0:
             raise ValueError("tau must lie in (0, 1)")
+        if self.dense_storage not in ("fp32", "16bit"):
+            raise ValueError(f"dense_storage must be 'fp32' or '16bit', not {self.dense_storage!r}")
         if self.temperature <= 0:
             raise ValueError("temperature must be positive")
         self.layers = tuple((str(n), float(w)) for n, w in self.layers)

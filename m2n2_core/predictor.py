@@ -192,7 +192,7 @@ class M2N2Predictor:
         if self.config.exact:
             transition = Transition.exact(balanced)
         else:
-            transition = Transition.compact(balanced, self.config.chain_mass_epsilon)
+            transition = Transition.compact(balanced, self.config.chain_mass_epsilon, self.config.dense_storage)
         del balanced
         return PreparedImage(image, transition, self.config)
 

@@ -250,12 +250,13 @@ def masks(img, att, **config):
     return [p.predict(points, labels) for points, labels in CLICKS]
 
 
+@pytest.mark.parametrize("storage", ["fp32", "16bit"])
 @pytest.mark.parametrize("case", CASES)
-def test_fast_transition_matches_the_exact_chain(case):
-    """The default fast path (compact transition, JBU operator): the masks of the dense fp32 reference."""
+def test_fast_transition_matches_the_exact_chain(case, storage):
+    """The fast path (compact transition, JBU operator, compiled flood fill): the masks of the dense fp32 reference."""
     img, att = attention_for(case)
     exact = masks(img, att, exact=True)
-    fast = masks(img, att)
+    fast = masks(img, att, dense_storage=storage)
     assert min(iou(a, b) for a, b in zip(exact, fast)) >= 0.99
 
 

@@ -69,27 +69,35 @@ def test_compact_chooses_csr_for_a_banded_matrix_within_an_eighth_of_the_dense_b
     assert t.nbytes <= 512 * 512 * 4 // 8
 
 
-def test_compact_keeps_a_moderately_sparse_matrix_dense_in_16_bits():
+def test_compact_keeps_a_moderately_sparse_matrix_dense():
     """At 8 % density CSR would still halve the bytes, but its step is slower than the dense one."""
     a = banded(256, width=10, seed=3)
-    assert Transition.compact(a, 0.0).kind == "packed16"
+    assert Transition.compact(a, 0.0).kind == "dense32"
+    assert Transition.compact(a, 0.0, "16bit").kind == "packed16"
 
 
-def test_compact_stores_a_dense_matrix_in_half_the_bytes_within_2_to_the_minus_12():
+def test_compact_keeps_a_dense_matrix_exact_by_default():
     a = dense(256, seed=4)
     t = Transition.compact(a, 1e-4)
+    assert t.kind == "dense32" and torch.equal(t.matrix, a)
+
+
+def test_compact_stores_a_dense_matrix_in_half_the_bytes_within_2_to_the_minus_12_on_request():
+    a = dense(256, seed=4)
+    t = Transition.compact(a, 1e-4, "16bit")
     assert t.kind == "packed16" and t.nbytes == 256 * 256 * 2
     back = packed.decode(t.matrix)
     assert torch.all((back - a).abs() <= a * 2.0 ** -12)
 
 
+@pytest.mark.parametrize("storage", ["fp32", "16bit"])
 @pytest.mark.parametrize("make", [lambda: banded(256, 10, 5), lambda: dense(256, 6)])
-def test_compact_step_is_proportional_to_p_times_a(make):
+def test_compact_step_is_proportional_to_p_times_a(make, storage):
     a = make()
     p = torch.rand(4, 256, generator=torch.Generator().manual_seed(7))
     p[1] = 0.0
     p[1, 17] = 1.0  # a one-hot start, like a click on an exact cell
-    out = Transition.compact(a, 1e-4).step(p)
+    out = Transition.compact(a, 1e-4, storage).step(p)
     ref = p @ a
     assert out.shape == ref.shape and out.dtype == torch.float32
     torch.testing.assert_close(out / out.amax(1, keepdim=True), ref / ref.amax(1, keepdim=True),
@@ -102,7 +110,7 @@ def test_compact_with_zero_epsilon_keeps_every_nonzero_entry():
     assert torch.equal(kept_mask(t, a), a > 0)
 
 
-@pytest.mark.parametrize("per_row, kind", [(3, "csr"), (4, "packed16"), (5, "packed16")])
+@pytest.mark.parametrize("per_row, kind", [(3, "csr"), (4, "dense32"), (5, "dense32")])
 def test_compact_counts_row_pointers_at_the_csr_break_even_point(per_row, kind):
     # 64×64 with exactly `per_row` nonzeros per row: at 4 per row values + column indices alone take an eighth of
     # dense fp32, so the row pointers tip it to dense
