@@ -2,11 +2,13 @@
 
 Each entry keeps the top bits of its fp32 representation: a 5-bit exponent covering [2⁻³¹, 1] and an 11-bit mantissa,
 rounded to nearest (relative error ≤ 2⁻¹²: four times finer than fp16's, with no subnormal range in the way);
-entries below 2⁻³¹ become 0. Code 0 means 0. Half the bytes of fp32, and on the CPU the product is computed by a
-compiled kernel that decodes each row once and streams half the memory of an fp32 mat-vec.
+entries below 2⁻³¹ become 0. Code 0 means 0. Half the bytes of fp32. On the CPU the product is computed by a compiled
+kernel that decodes each row once; it reads half the memory of an fp32 mat-vec, but on the 2-core build machine the
+decode costs about what that saves, so it is no faster (benchmarks/RESULTS.md).
 """
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
@@ -65,13 +67,17 @@ def _product_columns(codes, p, out, j0, j1):  # pragma: no cover - compiled
 
 
 _pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+_pool_lock = threading.Lock()
 
 
 def _executor(workers: int) -> ThreadPoolExecutor:
-    global _pool
-    if _pool is None or _pool._max_workers < workers:
-        _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="m2n2-packed")
-    return _pool
+    """One shared pool with at least ``workers`` threads (grown, never shrunk)."""
+    global _pool, _pool_size
+    with _pool_lock:
+        if _pool is None or _pool_size < workers:
+            _pool, _pool_size = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="m2n2-packed"), workers
+        return _pool
 
 
 def product(codes: torch.Tensor, p: torch.Tensor) -> torch.Tensor:

@@ -239,7 +239,8 @@ def _as_attention(attention) -> torch.Tensor:
 def _compile_kernels() -> None:
     """Run every compiled kernel once on a tiny input (numba compiles on first call, or loads its on-disk cache)."""
     tiny = np.zeros((4, 4, 3), dtype=np.uint8)
-    PreparedImage(tiny, Transition(packed.encode(torch.full((4, 4), 0.25)), "packed16"), M2N2Config()).predict([(1, 1)], [1])
+    transition = Transition(packed.encode(torch.full((4, 4), 0.25)), "packed16")
+    PreparedImage(tiny, transition, M2N2Config()).predict([(1, 1)], [1])
 
 
 def _as_points(points, width: int, height: int) -> np.ndarray:

@@ -93,8 +93,9 @@ class JBUOperator:
         sx, sy = spatial_sigmas(sigma_spatial, h, w, r)
         rx, ry = int(math.ceil(3 * sx)), int(math.ceil(3 * sy))
         dxs, dys = list(range(-rx, rx + 1)), list(range(-ry, ry + 1))
-        self.bx, rel_x = _block_weights(w, r, dxs)   # (W,), (W, n_dx, bw): cell weights relative to the block start
-        self.by, rel_y = _block_weights(h, r, dys)
+        bx, rel_x = _block_weights(w, r, dxs)   # (W,), (W, n_dx, bw): cell weights relative to the block start
+        by, rel_y = _block_weights(h, r, dys)
+        self.bx, self.by = bx.numpy(), by.numpy()
         bh, bw = rel_y.shape[2], rel_x.shape[2]
         channels = guide.to(torch.float32).permute(2, 0, 1).contiguous()    # (3, H, W): x innermost, vectorises
         padded = torch.zeros(3, h, w + 2 * rx)
@@ -124,7 +125,6 @@ class JBUOperator:
             weights[y0:y1] = torch.einsum("yda,dyxb->yxab", rel_y[y0:y1], per_dy)  # Σ_dy rel_y · per_dy
         weights /= weights.sum(dim=(2, 3), keepdim=True)
         self.weights = weights
-        self._by, self._bx = self.by.numpy(), self.bx.numpy()
 
     @property
     def nbytes(self) -> int:
@@ -135,7 +135,7 @@ class JBUOperator:
         bh, bw = self.weights.shape[2:]
         m = np.zeros((self.r + bh, self.r + bw), dtype=np.float32)
         m[: self.r, : self.r] = grid_map.to(torch.float32).numpy()
-        out = torch.from_numpy(_apply_blocks(m, self._by, self._bx, self.weights.numpy()))
+        out = torch.from_numpy(_apply_blocks(m, self.by, self.bx, self.weights.numpy()))
         return out / out.max().clamp_min(1e-12)
 
 
