@@ -8,7 +8,7 @@
 | `M2N2_ATTENTION_RESOLUTION` | `128` | attention grid r (r×r cells; SD input is 8r×8r pixels) |
 | `M2N2_PRELOAD` | `0` | `1`: load the model when a worker starts and refuse to start if that fails |
 | `M2N2_LOAD_WAIT` | `60` | seconds a `/predict` waits for a model that is still loading before answering 503 |
-| `M2N2_DENSE_STORAGE` | `fp32` | a dense attention matrix in `fp32` (exact) or `16bit` (half the memory per cached image; masks may differ slightly from exact, see benchmarks/RESULTS.md) |
+| `M2N2_DENSE_STORAGE` | `16bit` | a dense attention matrix (SD) in `16bit` (half the memory per cached image and a faster chain; masks agree with exact at IoU ≥ 0.99, see benchmarks/RESULTS.md) or `fp32` (the exact chain) |
 | `M2N2_CACHE_BYTES` | `4GiB` | byte budget of the per-image attention cache (LRU); suffixes K/M/G/T, KiB/MiB/GiB/TiB |
 | `M2N2_WARMUP_THREADS` | `1` | threads that precompute attention for tasks opened without clicks (`0`: off) |
 | `M2N2_WARMUP_QUEUE` | `8` | at most this many images wait for warm-up; more are skipped |
@@ -145,7 +145,7 @@ class Settings:
     device: Optional[str] = None
     attention: str = "sd"
     attention_resolution: int = 128
-    dense_storage: str = "fp32"
+    dense_storage: str = "16bit"
     preload: bool = False
     load_wait: float = 60.0
     cache_bytes: int = 4 * 1024 ** 3
@@ -193,7 +193,7 @@ class Settings:
             device=_device(env.get("M2N2_DEVICE", "")),
             attention=env.get("M2N2_ATTENTION", "").strip().lower() or "sd",
             attention_resolution=_int(env, "M2N2_ATTENTION_RESOLUTION", 128, 2),
-            dense_storage=env.get("M2N2_DENSE_STORAGE", "").strip().lower() or "fp32",
+            dense_storage=env.get("M2N2_DENSE_STORAGE", "").strip().lower() or "16bit",
             preload=_bool(env, "M2N2_PRELOAD", False),
             load_wait=_float(env, "M2N2_LOAD_WAIT", 60.0),
             cache_bytes=_size(env, "M2N2_CACHE_BYTES", 4 * 1024 ** 3),

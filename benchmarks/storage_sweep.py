@@ -7,8 +7,9 @@ scoring) is shared, so only the storage differs.
 
     python benchmarks/storage_sweep.py 64 sd-like 124080,21077,banana1 p16,bf16,f16
 
-Storages: p16 (m2n2_core.packed, the fast default for dense matrices), bf16, f16 (plain fp16), f16row (fp16 after
-scaling each row by its max), and eps=<x> (drop per row the smallest entries carrying ≤ x of the mass, CSR-style).
+Storages: p16 (m2n2_core.packed, the fast default for dense matrices: 16 bits with error diffusion), p16near (the same
+codes rounded to nearest), bf16, f16 (plain fp16), f16row (fp16 after scaling each row by its max), and eps=<x> (drop
+per row the smallest entries carrying ≤ x of the mass, as the fast path once did before storing CSR).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from m2n2_core.balancing import balance  # noqa: E402
 from m2n2_core.evaluation.clicker import next_click  # noqa: E402
 from m2n2_core.predictor import PreparedImage  # noqa: E402
 from m2n2_core.synthetic import sd_like_attention  # noqa: E402
-from m2n2_core.transition import Transition, _mass_cutoff_mask  # noqa: E402
+from m2n2_core.transition import Transition  # noqa: E402
 
 CLICKS = 5
 
@@ -36,6 +37,10 @@ def rounded(balanced: torch.Tensor, storage: str) -> torch.Tensor:
     """The fp32 matrix a chain on ``storage`` effectively multiplies with."""
     if storage == "p16":
         return packed.decode(packed.encode(balanced))
+    if storage == "p16near":  # the same 16-bit codes, each entry rounded to its nearest code (no error diffusion)
+        bits = balanced.clamp(0, 1).view(torch.int32).to(torch.int64)
+        code = (((bits + (1 << (packed.SHIFT - 1))) >> packed.SHIFT) - packed.OFFSET).clamp_(min=0)
+        return torch.where(code > 0, (code + packed.OFFSET) << packed.SHIFT, 0).to(torch.int32).view(torch.float32)
     if storage == "bf16":
         return balanced.bfloat16().float()
     if storage == "f16":
@@ -44,8 +49,31 @@ def rounded(balanced: torch.Tensor, storage: str) -> torch.Tensor:
         scale = balanced.amax(1, keepdim=True)
         return (balanced / scale).half().float() * scale
     if storage.startswith("eps="):
-        return torch.where(_mass_cutoff_mask(balanced, float(storage[4:])), balanced, 0.0)
+        return torch.where(mass_cutoff_mask(balanced, float(storage[4:])), balanced, 0.0)
     raise SystemExit(f"unknown storage {storage!r}")
+
+
+def mass_cutoff_mask(a: torch.Tensor, epsilon: float, bins: int = 256, chunk: int = 2048) -> torch.Tensor:
+    """Per row, True for the entries to keep so that the dropped entries sum to at most ``epsilon`` × the row sum.
+
+    Entries are grouped in quarter-octave bins of their value relative to the row max; whole bins are dropped from
+    the smallest up while their cumulative mass stays within the budget, so every dropped entry is smaller than every
+    kept one. Works on row chunks to bound temporary memory.
+    """
+    keep = torch.empty(a.shape, dtype=torch.bool, device=a.device)
+    for start in range(0, a.shape[0], chunk):
+        rows = a[start:start + chunk]
+        row_max = rows.amax(dim=1, keepdim=True).clamp_min(1e-38)
+        b = (-torch.log2((rows / row_max).clamp_min_(2.0 ** -64)) * 4).floor_().clamp_(0, bins - 1).to(torch.int64)
+        mass = torch.zeros(rows.shape[0], bins, dtype=torch.float64, device=a.device)
+        mass.scatter_add_(1, b, rows.to(torch.float64))
+        tail = mass.flip(1).cumsum(1).flip(1)                 # tail[:, j] = mass in bins ≥ j
+        budget = epsilon * mass.sum(dim=1, keepdim=True)
+        droppable = tail <= budget                            # monotone: once droppable, all smaller bins are too
+        first_drop = torch.where(droppable.any(1), droppable.to(torch.uint8).argmax(1),
+                                 torch.full((rows.shape[0],), bins, device=a.device))
+        keep[start:start + chunk] = (b < first_drop[:, None]) & (rows > 0)
+    return keep
 
 
 def main(argv=None):

@@ -47,10 +47,9 @@ class M2N2Config:
     use_negative_score: bool = True
     # --- speed ---
     exact: bool = False                    #: True → the spec's direct dense method (the reference)
-    chain_mass_epsilon: float = 1e-4       #: fast path: per row, drop the smallest entries carrying ≤ this mass
-    #: fast path, a balanced matrix too dense for CSR: "fp32" (the exact chain) or "16bit" (half the bytes; masks
-    #: differ from exact by IoU < 0.99 on some inputs, see benchmarks/RESULTS.md)
-    dense_storage: str = "fp32"
+    #: fast path, a balanced matrix too dense for exact CSR (SD attention): "16bit" (half the bytes, faster chain;
+    #: masks agree with exact at IoU ≥ 0.99, see benchmarks/RESULTS.md) or "fp32" (the exact chain, twice the bytes)
+    dense_storage: str = "16bit"
     # --- caches ---
     distance_cache_size: int = 64          #: per-image cache of click distance maps (entries)
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Sequence, Tuple
 
+import numba
+import numpy as np
 import torch
 
 from .transition import Transition
@@ -38,22 +40,54 @@ def markov_maps(transition: Transition, starts: torch.Tensor, tau: float = 0.3, 
     arrival = torch.full_like(p, float(max_iterations))
     pending = p <= tau
     arrival[~pending] = 0.0
+    advance = _advance_compiled if device.type == "cpu" else _advance
     for i in range(max_iterations):
         if not bool(pending.any()):
             break
-        nxt = transition.step(p)
-        nxt = nxt / nxt.amax(dim=1, keepdim=True).clamp_min(1e-38)
-        crossed = pending & (nxt > tau)
-        if bool(crossed.any()):
-            if interpolate:
-                delta = (1.0 - tau) if i == 0 else (nxt - p)
-                value = (i + 1) - (nxt - tau) / (delta + 1e-6)
-                arrival = torch.where(crossed, value, arrival)
-            else:
-                arrival[crossed] = float(i + 1)
-            pending &= ~crossed
+        nxt = transition.step(p).contiguous()
+        advance(p, nxt, arrival, pending, i, tau, interpolate)
         p = nxt
     return arrival
+
+
+def _advance(p, nxt, arrival, pending, i, tau, interpolate):
+    """Step i → i+1 in place: normalise ``nxt`` (p_{i+1}) by its row max, record the arrivals of pending cells."""
+    nxt /= nxt.amax(dim=1, keepdim=True).clamp_min(1e-38)
+    crossed = pending & (nxt > tau)
+    if bool(crossed.any()):
+        if interpolate:
+            delta = (1.0 - tau) if i == 0 else (nxt - p)
+            arrival.copy_(torch.where(crossed, (i + 1) - (nxt - tau) / (delta + 1e-6), arrival))
+        else:
+            arrival[crossed] = float(i + 1)
+        pending &= ~crossed
+
+
+def _advance_compiled(p, nxt, arrival, pending, i, tau, interpolate):
+    """``_advance`` for CPU tensors in one compiled pass (the torch version costs ~0.1 ms per step in small ops)."""
+    _advance_kernel(p.numpy(), nxt.numpy(), arrival.numpy(), pending.numpy(), i, np.float32(tau), interpolate)
+
+
+@numba.njit(nogil=True, cache=True)
+def _advance_kernel(p, nxt, arrival, pending, i, tau, interpolate):  # pragma: no cover - compiled
+    one = np.float32(1.0)
+    eps = np.float32(1e-6)
+    first_delta = np.float32(1.0 - np.float64(tau) + 1e-6)  # as torch does: (1 − τ) + 1e−6 in double, used as fp32
+    step = np.float32(i + 1)
+    for c in range(nxt.shape[0]):
+        row = nxt[c]
+        m = max(row.max(), np.float32(1e-38))
+        for j in range(row.shape[0]):
+            v = row[j] / m
+            row[j] = v
+            if pending[c, j] and v > tau:
+                pending[c, j] = False
+                if not interpolate:
+                    arrival[c, j] = step
+                elif i == 0:
+                    arrival[c, j] = step - (v - tau) / first_delta
+                else:
+                    arrival[c, j] = step - (v - tau) / ((v - p[c, j]) + eps)
 
 
 def click_grid_starts(points: Sequence[Tuple[float, float]], width: int, height: int, r: int) -> torch.Tensor:

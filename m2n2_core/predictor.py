@@ -192,7 +192,7 @@ class M2N2Predictor:
         if self.config.exact:
             transition = Transition.exact(balanced)
         else:
-            transition = Transition.compact(balanced, self.config.chain_mass_epsilon, self.config.dense_storage)
+            transition = Transition.compact(balanced, self.config.dense_storage)
         del balanced
         return PreparedImage(image, transition, self.config)
 
@@ -239,8 +239,9 @@ def _as_attention(attention) -> torch.Tensor:
 def _compile_kernels() -> None:
     """Run every compiled kernel once on a tiny input (numba compiles on first call, or loads its on-disk cache)."""
     tiny = np.zeros((4, 4, 3), dtype=np.uint8)
-    transition = Transition(packed.encode(torch.full((4, 4), 0.25)), "packed16")
-    PreparedImage(tiny, transition, M2N2Config()).predict([(1, 1)], [1])
+    uniform = torch.full((4, 4), 0.25)
+    for transition in (Transition(packed.encode(uniform), "packed16"), Transition.exact(uniform)):
+        PreparedImage(tiny, transition, M2N2Config()).predict([(1, 1)], [1])
 
 
 def _as_points(points, width: int, height: int) -> np.ndarray:

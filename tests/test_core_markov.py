@@ -167,3 +167,17 @@ def test_chains_of_a_batch_are_independent():
     batch = markov_maps(t, starts)
     for i in range(3):
         torch.testing.assert_close(batch[i], markov_maps(t, starts[i:i + 1])[0])
+
+
+@pytest.mark.parametrize("interpolate", [True, False])
+@pytest.mark.parametrize("max_iterations", [3, 1000])
+def test_compiled_arrival_bookkeeping_equals_the_torch_one(monkeypatch, interpolate, max_iterations):
+    """On the CPU the per-step normalisation and arrival recording run compiled; off it, in torch: same times."""
+    from m2n2_core import markov
+    t = Transition.exact(random_chain(9, seed=3))
+    starts = click_grid_starts([(13, 27), (90, 5), (50, 50)], 100, 100, 9)
+    compiled = markov_maps(t, starts, interpolate=interpolate, max_iterations=max_iterations)
+    monkeypatch.setattr(markov, "_advance_compiled", markov._advance)
+    reference = markov_maps(t, starts, interpolate=interpolate, max_iterations=max_iterations)
+    torch.testing.assert_close(compiled, reference, rtol=0, atol=2e-6)
+    assert bool((compiled < max_iterations).any()) and bool((compiled > 0).any())
