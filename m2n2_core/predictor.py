@@ -11,7 +11,6 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from . import packed
 from .attention import AttentionSource, make_source
 from .balancing import balance
 from .config import M2N2Config
@@ -240,7 +239,7 @@ def _compile_kernels() -> None:
     """Run every compiled kernel once on a tiny input (numba compiles on first call, or loads its on-disk cache)."""
     tiny = np.zeros((4, 4, 3), dtype=np.uint8)
     uniform = torch.full((4, 4), 0.25)
-    for transition in (Transition(packed.encode(uniform), "packed16"), Transition.exact(uniform)):
+    for transition in (Transition.compact(uniform), Transition.exact(uniform), Transition.compact(torch.eye(16))):
         PreparedImage(tiny, transition, M2N2Config()).predict([(1, 1)], [1])
 
 
