@@ -9,7 +9,8 @@ scoring) is shared, so only the storage differs.
 
 Storages: p16 (m2n2_core.packed, the fast default for dense matrices: 16 bits with error diffusion), p16near (the same
 codes rounded to nearest), bf16, f16 (plain fp16), f16row (fp16 after scaling each row by its max), and eps=<x> (drop
-per row the smallest entries carrying ≤ x of the mass, as the fast path once did before storing CSR).
+per row the smallest entries carrying ≤ x of the mass, as the fast path once did before storing CSR), and noise=<x>
+(fp32 with uniform random relative perturbations of up to ±x: how sensitive an image's masks are at all).
 """
 from __future__ import annotations
 
@@ -48,6 +49,9 @@ def rounded(balanced: torch.Tensor, storage: str) -> torch.Tensor:
     if storage == "f16row":
         scale = balanced.amax(1, keepdim=True)
         return (balanced / scale).half().float() * scale
+    if storage.startswith("noise="):  # fp32 with random relative perturbations of the given size (uniform ±x)
+        g = torch.Generator().manual_seed(0)
+        return balanced * (1 + float(storage[6:]) * (2 * torch.rand(balanced.shape, generator=g) - 1))
     if storage.startswith("eps="):
         return torch.where(mass_cutoff_mask(balanced, float(storage[4:])), balanced, 0.0)
     raise SystemExit(f"unknown storage {storage!r}")

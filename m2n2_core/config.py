@@ -47,8 +47,8 @@ class M2N2Config:
     use_negative_score: bool = True
     # --- speed ---
     exact: bool = False                    #: True → the spec's direct dense method (the reference)
-    #: fast path, a balanced matrix too dense for exact CSR (SD attention): "16bit" (half the bytes, faster chain;
-    #: masks agree with exact at IoU ≥ 0.99, see benchmarks/RESULTS.md) or "fp32" (the exact chain, twice the bytes)
+    #: fast path, a balanced matrix too dense for exact CSR (SD attention): "16bit" (half the bytes and a faster chain;
+    #: masks agree with exact at IoU ≥ 0.99 where measured, benchmarks/RESULTS.md) or "fp32" (the exact chain)
     dense_storage: str = "16bit"
     # --- caches ---
     distance_cache_size: int = 64          #: per-image cache of click distance maps (entries)
