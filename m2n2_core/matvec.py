@@ -1,11 +1,12 @@
-"""Compiled products ``p @ M`` of fp32 row vectors with a dense matrix on the CPU, M in fp32 or as 16-bit codes
-(``m2n2_core.packed``), accumulated in fp32.
+"""The product ``p @ A`` of fp32 row vectors with a matrix stored as 16-bit codes (``m2n2_core.packed``), accumulated
+in fp32, compiled for the CPU.
 
-The columns are split over ``torch.get_num_threads()`` threads that run the kernels without the GIL. A kernel walks
-the matrix rows four at a time, so its accumulator is loaded and stored once per four rows, and skips rows where every
-p is 0; the 16-bit kernel decodes 256 columns of those rows at a time into a buffer that stays in L1. On the 2-core
-build machine this streams the matrix at close to memory speed: 2.0 ms for a 4096² fp32 matrix (torch: 3.1 ms) and
-1.3 ms for its 16-bit codes (benchmarks/RESULTS.md). Off the CPU, torch multiplies (decoding 16-bit codes first).
+The columns are split over ``torch.get_num_threads()`` threads that run the kernel without the GIL. The kernel walks
+the matrix rows four at a time, so its accumulator is loaded and stored once per four rows, skips rows where every p is
+0, and decodes 256 columns of those rows at a time into a buffer that stays in L1. It reads half the bytes of an fp32
+step: 1.8 ms for a 4096² matrix on the 2-core build machine, where torch's fp32 ``p @ A`` takes 3.3 ms
+(benchmarks/RESULTS.md). Off the CPU the codes are decoded and torch multiplies. (A compiled fp32 kernel of the same
+shape was only 1.1× faster than torch, and a compiled CSR kernel slower than torch's, so fp32 and CSR steps use torch.)
 """
 from __future__ import annotations
 
@@ -45,21 +46,6 @@ def _add_group(acc, s, e, w, r0, r1, r2, r3):  # pragma: no cover - compiled
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True)
-def _dense_columns(a, p, out, j0, j1):  # pragma: no cover - compiled
-    """out[:, j0:j1] = p @ a[:, j0:j1] (fp32)."""
-    acc = np.zeros((p.shape[0], j1 - j0), dtype=np.float32)
-    w = np.zeros((p.shape[0], _GROUP), dtype=np.float32)
-    for i in range(0, p.shape[1], _GROUP):
-        rows = _group_weights(p, i, w)
-        if rows == 0:
-            continue
-        r0 = a[i, j0:j1]
-        _add_group(acc, 0, j1 - j0, w, r0, a[i + 1, j0:j1] if rows > 1 else r0, a[i + 2, j0:j1] if rows > 2 else r0,
-                   a[i + 3, j0:j1] if rows > 3 else r0)
-    out[:, j0:j1] = acc
-
-
-@numba.njit(nogil=True, cache=True, fastmath=True)
 def _packed_columns(codes, p, out, j0, j1):  # pragma: no cover - compiled
     """out[:, j0:j1] = p @ decode(codes)[:, j0:j1], accumulated in fp32."""
     acc = np.zeros((p.shape[0], j1 - j0), dtype=np.float32)
@@ -86,44 +72,11 @@ def _packed_columns(codes, p, out, j0, j1):  # pragma: no cover - compiled
     out[:, j0:j1] = acc
 
 
-@numba.njit(nogil=True, cache=True, fastmath=True)
-def _csr_rows(crow, col, val, p, out, j0, j1):  # pragma: no cover - compiled
-    """out[:, j] = Aᵀ[j] · p for j in [j0, j1), Aᵀ in CSR (fp32)."""
-    for j in range(j0, j1):
-        for c in range(p.shape[0]):
-            s = np.float32(0.0)
-            for t in range(crow[j], crow[j + 1]):
-                s += val[t] * p[c, col[t]]
-            out[c, j] = s
-
-
-def _columns_in_parallel(kernel, matrix: np.ndarray, p: torch.Tensor) -> torch.Tensor:
-    pn = np.ascontiguousarray(p.detach().numpy(), dtype=np.float32)
-    out = np.empty((pn.shape[0], matrix.shape[1]), dtype=np.float32)
-    threads.over_columns(kernel, matrix.shape[1], matrix, pn, out)
-    return torch.from_numpy(out)
-
-
-def dense_product(matrix: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """``p @ matrix`` for an fp32 matrix and fp32 row vectors p (k×N)."""
-    if matrix.device.type != "cpu":
-        return p @ matrix
-    return _columns_in_parallel(_dense_columns, matrix.numpy(), p)
-
-
-def csr_product(transposed: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """``p @ A`` for fp32 row vectors p (k×N), given Aᵀ as a sparse CSR tensor (int32 indices, fp32 values)."""
-    if transposed.device.type != "cpu":
-        return (transposed @ p.T.contiguous()).T
-    pn = np.ascontiguousarray(p.detach().numpy(), dtype=np.float32)
-    out = np.empty((pn.shape[0], transposed.shape[0]), dtype=np.float32)
-    threads.over_columns(_csr_rows, out.shape[1], transposed.crow_indices().numpy(), transposed.col_indices().numpy(),
-                         transposed.values().numpy(), pn, out)
-    return torch.from_numpy(out)
-
-
 def packed_product(codes: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """``p @ packed.decode(codes)`` for fp32 row vectors p (k×N), accumulated in fp32."""
     if codes.device.type != "cpu":
         return p @ decode(codes)
-    return _columns_in_parallel(_packed_columns, codes.numpy().view(np.uint16), p)
+    pn = np.ascontiguousarray(p.detach().numpy(), dtype=np.float32)
+    out = np.empty((pn.shape[0], codes.shape[1]), dtype=np.float32)
+    threads.over_columns(_packed_columns, codes.shape[1], codes.numpy().view(np.uint16), pn, out)
+    return torch.from_numpy(out)

@@ -8,8 +8,7 @@ smooth vectors stay accurate; fp32 accumulation), or in fp32 (exact) on request.
 attention (benchmarks/RESULTS.md): masks at IoU ≥ 0.99 on all 50 GrabCut images at r = 32 and ≥ 0.999 on 20 images at
 r = 64. Measured and rejected: nearest rounding to the same 16 bits (IoU 0.93 on one image), unbounded error diffusion
 (0.98 on one), bf16 (0.93), and dropping the smallest entries of each row up to a mass budget (IoU 0.71 at 10⁻⁵ of
-the row mass). A step returns p·A up to a positive factor, which the chain's max normalisation removes; on the CPU
-steps run on the compiled kernels of ``m2n2_core.matvec``.
+the row mass). A step returns p·A up to a positive factor, which the chain's max normalisation removes.
 """
 from __future__ import annotations
 
@@ -43,10 +42,10 @@ class Transition:
 
     def step(self, p: torch.Tensor) -> torch.Tensor:
         if self.kind == "csr":
-            return matvec.csr_product(self.matrix, p)
+            return (self.matrix @ p.T.contiguous()).T
         if self.kind == "packed16":
             return matvec.packed_product(self.matrix, p)
-        return matvec.dense_product(self.matrix, p)
+        return p @ self.matrix
 
     def for_chain(self) -> "Transition":
         """What one chain run steps with: on an accelerator, 16-bit codes are decoded once per run (a transient fp32

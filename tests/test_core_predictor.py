@@ -300,7 +300,7 @@ def test_end_to_end_on_a_grabcut_photo(grabcut):
 
 def test_load_compiles_the_fast_paths_kernels():
     from m2n2_core import floodfill, markov, matvec, packed, upsampling
-    kernels = (floodfill._priority_flood, matvec._dense_columns, matvec._packed_columns, matvec._csr_rows,
-               packed._encode_columns, markov._advance_kernel, upsampling._apply_blocks)
+    kernels = (floodfill._priority_flood, matvec._packed_columns, packed._encode_columns, markov._advance_kernel,
+               upsampling._apply_blocks)
     M2N2Predictor(M2N2Config(attention="affinity", attention_resolution=R), device="cpu").load()
     assert all(k.signatures for k in kernels)

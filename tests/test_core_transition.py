@@ -159,20 +159,13 @@ def test_packed_codes_of_one_row_round_to_nearest_keep_zero_and_flush_below_2_to
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("n", [1, 7, 1500])
-def test_compiled_products_equal_torch_products(threads, n):
-    """All kernels, any number of rows (groups of four plus a remainder), rows of p that are zero or one-hot."""
+def test_packed_product_equals_the_product_with_the_decoded_matrix(threads, n):
+    """Any number of rows (groups of four plus a remainder), rows of p that are zero, one-hot or half zero."""
     torch.set_num_threads(threads)
     a = dense(n, seed=9) ** 3
-    a = a / a.sum(1, keepdim=True)
-    codes = packed.encode(a)
+    codes = packed.encode(a / a.sum(1, keepdim=True))
     p = torch.rand(3, n, generator=torch.Generator().manual_seed(2))
     p[1] = 0.0
     p[1, n // 2] = 1.0
     p[2, : n // 2] = 0.0
-    torch.testing.assert_close(matvec.dense_product(a, p), p @ a, rtol=1e-5, atol=1e-9)
     torch.testing.assert_close(matvec.packed_product(codes, p), p @ packed.decode(codes), rtol=1e-5, atol=1e-9)
-    torch.testing.assert_close(matvec.dense_product(a, p[1:2]), a[n // 2][None], rtol=1e-6, atol=0)
-    sparse = torch.where(a > a.mean(), a, 0.0)
-    csr = sparse.T.contiguous().to_sparse_csr()
-    csr = torch.sparse_csr_tensor(csr.crow_indices().int(), csr.col_indices().int(), csr.values(), size=csr.shape)
-    torch.testing.assert_close(matvec.csr_product(csr, p), p @ sparse, rtol=1e-5, atol=1e-9)
