@@ -95,9 +95,8 @@ def direct_map_seconds(prepared, click, steps=1000):
     cfg, (y, x, _) = prepared.config, click
     t = time.perf_counter()
     p = click_grid_starts([(x, y)], prepared.width, prepared.height, prepared.r)
-    matrix = prepared.transition.matrix  # the exact path's dense fp32 matrix, multiplied by torch as written
     for _ in range(steps):
-        p = p @ matrix
+        p = prepared.transition.step(p)  # the exact path: dense fp32, torch's p @ A
         p = p / p.amax(dim=1, keepdim=True)
     grid = p.reshape(prepared.r, prepared.r)  # stands in for the arrival map: same size, same upsampling cost
     m = upsample_markov_map(grid, prepared.guide, cfg.jbu_sigma_spatial, cfg.jbu_sigma_range).numpy()

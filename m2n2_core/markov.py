@@ -70,7 +70,6 @@ def _advance_compiled(p, nxt, arrival, pending, i, tau, interpolate):
 
 @numba.njit(nogil=True, cache=True)
 def _advance_kernel(p, nxt, arrival, pending, i, tau, interpolate):  # pragma: no cover - compiled
-    one = np.float32(1.0)
     eps = np.float32(1e-6)
     first_delta = np.float32(1.0 - np.float64(tau) + 1e-6)  # as torch does: (1 − τ) + 1e−6 in double, used as fp32
     step = np.float32(i + 1)

@@ -21,45 +21,29 @@ _GROUP = 4     # matrix rows per pass over the accumulator
 _CHUNK = 256   # columns decoded at a time by the 16-bit kernel
 
 
-@numba.njit(nogil=True, cache=True, inline="always")
-def _group_weights(p, i, w):  # pragma: no cover - compiled
-    """w[c, q] = p[c, i + q] for the (up to) four matrix rows from i, zero-padded. Returns how many rows there are,
-    or 0 if every weight is 0."""
-    rows = min(_GROUP, p.shape[1] - i)
-    w[:] = 0.0
-    active = False
-    for c in range(p.shape[0]):
-        for q in range(rows):
-            w[c, q] = p[c, i + q]
-            active |= w[c, q] != 0.0
-    return rows if active else 0
-
-
-@numba.njit(nogil=True, cache=True, fastmath=True, inline="always")
-def _add_group(acc, s, e, w, r0, r1, r2, r3):  # pragma: no cover - compiled
-    """acc[c, s:e] += Σ_q w[c, q]·r_q[:e − s] for every row vector c."""
-    for c in range(acc.shape[0]):
-        w0, w1, w2, w3 = w[c, 0], w[c, 1], w[c, 2], w[c, 3]
-        t = acc[c][s:e]
-        for j in range(e - s):
-            t[j] += w0 * r0[j] + w1 * r1[j] + w2 * r2[j] + w3 * r3[j]
-
-
 @numba.njit(nogil=True, cache=True, fastmath=True)
 def _packed_columns(codes, p, out, j0, j1):  # pragma: no cover - compiled
     """out[:, j0:j1] = p @ decode(codes)[:, j0:j1], accumulated in fp32."""
-    acc = np.zeros((p.shape[0], j1 - j0), dtype=np.float32)
-    w = np.zeros((p.shape[0], _GROUP), dtype=np.float32)
+    k, n = p.shape
+    acc = np.zeros((k, j1 - j0), dtype=np.float32)
+    w = np.zeros((k, _GROUP), dtype=np.float32)
     bits = np.zeros((_GROUP, _CHUNK), dtype=np.uint32)
     values = bits.view(np.float32)
+    v0, v1, v2, v3 = values[0], values[1], values[2], values[3]
     offset, shift = np.uint32(OFFSET), np.uint32(SHIFT)
-    for i in range(0, p.shape[1], _GROUP):
-        rows = _group_weights(p, i, w)
-        if rows == 0:
+    for i in range(0, n, _GROUP):
+        rows = min(_GROUP, n - i)
+        w[:] = 0.0
+        active = False
+        for c in range(k):
+            for q in range(rows):
+                w[c, q] = p[c, i + q]
+                active |= w[c, q] != 0.0
+        if not active:
             continue
         for s in range(0, j1 - j0, _CHUNK):
             e = min(s + _CHUNK, j1 - j0)
-            for q in range(_GROUP):
+            for q in range(_GROUP):  # decode this chunk of the group's rows; missing rows of the last group are 0
                 b = bits[q]
                 if q < rows:
                     row = codes[i + q, j0 + s:j0 + e]
@@ -68,7 +52,11 @@ def _packed_columns(codes, p, out, j0, j1):  # pragma: no cover - compiled
                         b[j] = ((code + offset) << shift) if code != 0 else np.uint32(0)
                 else:
                     b[:] = 0
-            _add_group(acc, s, e, w, values[0], values[1], values[2], values[3])
+            for c in range(k):
+                w0, w1, w2, w3 = w[c, 0], w[c, 1], w[c, 2], w[c, 3]
+                t = acc[c][s:e]
+                for j in range(e - s):
+                    t[j] += w0 * v0[j] + w1 * v1[j] + w2 * v2[j] + w3 * v3[j]
     out[:, j0:j1] = acc
 
 

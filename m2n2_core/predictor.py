@@ -238,9 +238,8 @@ def _as_attention(attention) -> torch.Tensor:
 def _compile_kernels() -> None:
     """Run every compiled kernel once on a tiny input (numba compiles on first call, or loads its on-disk cache)."""
     tiny = np.zeros((4, 4, 3), dtype=np.uint8)
-    uniform = torch.full((4, 4), 0.25)
-    for transition in (Transition.compact(uniform), Transition.exact(uniform)):
-        PreparedImage(tiny, transition, M2N2Config()).predict([(1, 1)], [1])
+    transition = Transition.compact(torch.full((4, 4), 0.25))  # dense: 16-bit encoding and product
+    PreparedImage(tiny, transition, M2N2Config()).predict([(1, 1)], [1])
 
 
 def _as_points(points, width: int, height: int) -> np.ndarray:

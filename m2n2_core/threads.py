@@ -28,6 +28,7 @@ def over_columns(kernel, n: int, *args, min_columns: int = 512) -> None:
         kernel(*args, 0, n)
         return
     bounds = [n * s // parts for s in range(parts + 1)]
-    futures = [_executor(parts).submit(kernel, *args, a, b) for a, b in zip(bounds, bounds[1:])]
+    pool = _executor(parts)
+    futures = [pool.submit(kernel, *args, a, b) for a, b in zip(bounds, bounds[1:])]
     for f in futures:
         f.result()
