@@ -8,7 +8,8 @@
 | `M2N2_ATTENTION_RESOLUTION` | `128` | attention grid r (r×r cells; SD input is 8r×8r pixels) |
 | `M2N2_PRELOAD` | `0` | `1`: load the model when a worker starts and refuse to start if that fails |
 | `M2N2_LOAD_WAIT` | `60` | seconds a `/predict` waits for a model that is still loading before answering 503 |
-| `M2N2_DENSE_STORAGE` | `16bit` | a dense attention matrix (SD) in `16bit` (half the memory per cached image and a faster chain; masks agree with exact at IoU ≥ 0.99 where measured, see benchmarks/RESULTS.md) or `fp32` (the exact chain) |
+| `M2N2_DENSE_STORAGE` | `16bit` | a dense attention matrix (SD) in `16bit` (half the memory per cached image and a faster chain; masks agree with exact at IoU ≥ 0.99 where measured, see benchmarks/RESULTS.md) or `fp32` (the exact matrix) |
+| `M2N2_SUBSPACE_MAX_RESOLUTION` | `64` | at attention resolutions up to this, a dense matrix's slowest modes are found once per image (≈ 3 s at r = 64 on 2 CPU cores) and each click's chain finishes in their subspace, several times faster (`0`: off) |
 | `M2N2_CACHE_BYTES` | `4GiB` | byte budget of the per-image attention cache (LRU); suffixes K/M/G/T, KiB/MiB/GiB/TiB |
 | `M2N2_WARMUP_THREADS` | `1` | threads that precompute attention for tasks opened without clicks (`0`: off) |
 | `M2N2_WARMUP_QUEUE` | `8` | at most this many images wait for warm-up; more are skipped |
@@ -146,6 +147,7 @@ class Settings:
     attention: str = "sd"
     attention_resolution: int = 128
     dense_storage: str = "16bit"
+    subspace_max_resolution: int = 64
     preload: bool = False
     load_wait: float = 60.0
     cache_bytes: int = 4 * 1024 ** 3
@@ -194,6 +196,7 @@ class Settings:
             attention=env.get("M2N2_ATTENTION", "").strip().lower() or "sd",
             attention_resolution=_int(env, "M2N2_ATTENTION_RESOLUTION", 128, 2),
             dense_storage=env.get("M2N2_DENSE_STORAGE", "").strip().lower() or "16bit",
+            subspace_max_resolution=_int(env, "M2N2_SUBSPACE_MAX_RESOLUTION", 64, 0),
             preload=_bool(env, "M2N2_PRELOAD", False),
             load_wait=_float(env, "M2N2_LOAD_WAIT", 60.0),
             cache_bytes=_size(env, "M2N2_CACHE_BYTES", 4 * 1024 ** 3),
@@ -225,7 +228,8 @@ class Settings:
         try:
             return M2N2Config(attention=self.attention, model=self.model,
                               attention_resolution=self.attention_resolution, device=self.device,
-                              dense_storage=self.dense_storage)
+                              dense_storage=self.dense_storage,
+                              subspace_max_resolution=self.subspace_max_resolution)
         except ValueError as exc:
             raise SettingsError(f"invalid M2N2 configuration: {exc}") from None
 

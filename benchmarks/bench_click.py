@@ -54,9 +54,11 @@ def load_sample(name: str, size=(854, 480)):
     return image, gt_raw == 255, gt_raw == 128
 
 
-def prepare(image, r, attention, exact, device, dense_storage="16bit"):
+def prepare(image, r, attention, exact, device, dense_storage="16bit", subspace_max_resolution=None):
     config = M2N2Config(attention="affinity" if attention == "affinity" else "sd", attention_resolution=r,
                         exact=exact, device=device, dense_storage=dense_storage)
+    if subspace_max_resolution is not None:
+        config = config.replace(subspace_max_resolution=subspace_max_resolution)
     predictor = M2N2Predictor(config)
     t = time.perf_counter()
     if attention == "affinity":
@@ -118,6 +120,8 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dense-storage", choices=("fp32", "16bit"), default="16bit",
                     help="the fast path's storage of a dense matrix (M2N2Config.dense_storage)")
+    ap.add_argument("--subspace-max-resolution", type=int, default=M2N2Config.subspace_max_resolution,
+                    help="M2N2Config.subspace_max_resolution of the fast path (0: no slow-mode subspace)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch / kernel threads")
     ap.add_argument("--out", help="markdown file to write the table to")
     args = ap.parse_args(argv)
@@ -125,12 +129,13 @@ def main(argv=None):
     image, gt, ignore = load_sample(args.image)
     lines = [f"### Per click, {args.attention} attention, GrabCut {args.image} at 854×480",
              f"{datetime.date.today()} · {cpu_name()} · {torch.get_num_threads()} torch threads · device {args.device} · "
-             f"fast path dense storage {args.dense_storage}", "",
+             f"fast path dense storage {args.dense_storage}, subspace up to r = {args.subspace_max_resolution}", "",
              "| r | click | path | chain | JBU | flood fill | candidates | select+merge | total | exact/fast | IoU(fast, exact) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     summary = []
     for r in args.resolutions:
-        fast, t_fast = prepare(image, r, args.attention, False, args.device, args.dense_storage)
+        fast, t_fast = prepare(image, r, args.attention, False, args.device, args.dense_storage,
+                               args.subspace_max_resolution)
         clicks = simulate_clicks(fast, gt, ignore, args.clicks)
         fast_rows, fast_masks = run_clicks(_fresh(fast), clicks)
         nbytes_fast = fast.prepared.nbytes

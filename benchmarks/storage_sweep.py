@@ -10,7 +10,8 @@ scoring) is shared, so only the storage differs.
 Storages: p16 (m2n2_core.packed, the fast default for dense matrices: 16 bits with error diffusion), p16near (the same
 codes rounded to nearest), bf16, f16 (plain fp16), f16row (fp16 after scaling each row by its max), and eps=<x> (drop
 per row the smallest entries carrying ≤ x of the mass, as the fast path once did before storing CSR), and noise=<x>
-(fp32 with uniform random relative perturbations of up to ±x: how sensitive an image's masks are at all).
+(fp32 with uniform random relative perturbations of up to ±x: how sensitive an image's masks are at all). A suffix
+"+sub" (e.g. p16+sub) also runs each chain's tail in the matrix's slow-mode subspace (m2n2_core.subspace).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from m2n2_core.attention import make_source  # noqa: E402
 from m2n2_core.balancing import balance  # noqa: E402
 from m2n2_core.evaluation.clicker import next_click  # noqa: E402
 from m2n2_core.predictor import PreparedImage  # noqa: E402
+from m2n2_core.subspace import slow_subspace  # noqa: E402
 from m2n2_core.synthetic import sd_like_attention  # noqa: E402
 from m2n2_core.transition import Transition  # noqa: E402
 
@@ -88,7 +90,8 @@ def main(argv=None):
     torch.set_num_threads(1)
     for stem in stems:
         image, gt, ignore = load_sample(stem)
-        cfg = M2N2Config(attention="affinity" if source == "affinity" else "sd", attention_resolution=r, device="cpu")
+        cfg = M2N2Config(attention="affinity" if source == "affinity" else "sd", attention_resolution=r, device="cpu",
+                         subspace_max_resolution=0)
         raw = make_source(cfg, "cpu").compute(image) if source == "affinity" else sd_like_attention(image, r)
         bal = balance(torch.as_tensor(raw).reshape(r * r, r * r).float(), cfg.temperature, cfg.balancing_iterations)
         prepared = PreparedImage(image, Transition.exact(bal), cfg)
@@ -101,7 +104,9 @@ def main(argv=None):
         exact_maps = [m.distance for m in prepared.click_maps(points)]
         print(f"{stem} r={r} {source}", flush=True)
         for storage in storages:
-            prepared.transition = Transition.exact(rounded(bal, storage))
+            name, _, with_subspace = storage.partition("+")
+            prepared.transition = Transition.exact(rounded(bal, name))
+            prepared.subspace = slow_subspace(prepared.transition.matrix) if with_subspace == "sub" else None
             prepared.clear_cache()
             ious = [iou(prepared.predict([(x, y) for y, x, _ in clicks[:k]], [int(p) for _, _, p in clicks[:k]]),
                         exact_masks[k - 1]) for k in range(1, CLICKS + 1)]

@@ -48,8 +48,12 @@ class M2N2Config:
     # --- speed ---
     exact: bool = False                    #: True → the spec's direct dense method (the reference)
     #: fast path, a balanced matrix too dense for exact CSR (SD attention): "16bit" (half the bytes and a faster chain;
-    #: masks agree with exact at IoU ≥ 0.99 where measured, benchmarks/RESULTS.md) or "fp32" (the exact chain)
+    #: masks agree with exact at IoU ≥ 0.99 where measured, benchmarks/RESULTS.md) or "fp32" (the exact matrix)
     dense_storage: str = "16bit"
+    #: fast path, dense matrices at r ≤ this: the slowest modes of the matrix are found once per image and each chain's
+    #: tail runs in their subspace (m2n2_core.subspace; ≈ 3 s per image at r = 64 on 2 CPU cores, then several times
+    #: faster chains); 0 turns it off
+    subspace_max_resolution: int = 64
     # --- caches ---
     distance_cache_size: int = 64          #: per-image cache of click distance maps (entries)
 
@@ -61,6 +65,8 @@ class M2N2Config:
             raise ValueError(f"attention must be 'sd' or 'affinity', not {self.attention!r}")
         if self.attention_resolution < 2:
             raise ValueError("attention_resolution must be at least 2")
+        if self.subspace_max_resolution < 0:
+            raise ValueError("subspace_max_resolution must be 0 (off) or positive")
         if not 0.0 < self.tau < 1.0:
             raise ValueError("tau must lie in (0, 1)")
         if self.dense_storage not in ("fp32", "16bit"):

@@ -1,13 +1,16 @@
 """Markov-maps (spec §2): arrival times of a chain started at each click on the r×r grid."""
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numba
 import numpy as np
 import torch
 
+from .subspace import SlowSubspace
 from .transition import Transition
+
+_ENTER_EVERY = 4  # steps between checks whether the chains' vectors lie in the subspace
 
 
 def start_vector(x: float, y: float, width: int, height: int, r: int) -> torch.Tensor:
@@ -26,12 +29,14 @@ def start_vector(x: float, y: float, width: int, height: int, r: int) -> torch.T
 
 
 def markov_maps(transition: Transition, starts: torch.Tensor, tau: float = 0.3, interpolate: bool = True,
-                max_iterations: int = 1000) -> torch.Tensor:
+                max_iterations: int = 1000, subspace: Optional[SlowSubspace] = None) -> torch.Tensor:
     """Arrival times (k×N fp32) of the chains p_{t+1} = p_t·A / max(p_t·A) started at the k rows of ``starts``.
 
     A cell arrives at the first t with p_t > τ (cells with p₀ > τ at 0); with interpolation the crossing between
     steps i and i+1 is placed at i + 1 − (p_{i+1} − τ)/(Δ + 1e−6), Δ = p_{i+1} − p_i (Δ = 1 − τ for i = 0).
-    Stops once every cell of every chain has arrived; cells that never arrive get ``max_iterations``.
+    Stops once every cell of every chain has arrived; cells that never arrive get ``max_iterations``. With a
+    ``subspace`` of A's slowest modes, the chains continue in it once their vectors lie in it (checked every
+    ``_ENTER_EVERY`` steps; ``m2n2_core.subspace``).
     """
     device = transition.matrix.device
     transition = transition.for_chain()
@@ -41,12 +46,19 @@ def markov_maps(transition: Transition, starts: torch.Tensor, tau: float = 0.3, 
     pending = p <= tau
     arrival[~pending] = 0.0
     advance = _advance_compiled if device.type == "cpu" else _advance
+    coordinates = None  # the chains' coordinates in the subspace, once they run there
     for i in range(max_iterations):
         if not bool(pending.any()):
             break
-        nxt = transition.step(p).contiguous()
+        if coordinates is None:
+            nxt = transition.step(p).contiguous()
+        else:
+            coordinates, nxt = subspace.step(coordinates)
+            coordinates /= nxt.amax(dim=1, keepdim=True).clamp_min(1e-38).double()  # as advance normalises nxt
         advance(p, nxt, arrival, pending, i, tau, interpolate)
         p = nxt
+        if subspace is not None and coordinates is None and i % _ENTER_EVERY == _ENTER_EVERY - 1:
+            coordinates = subspace.enter(p)
     return arrival
 
 

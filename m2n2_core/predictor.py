@@ -19,6 +19,7 @@ from .image_io import as_rgb_uint8
 from .markov import click_grid_starts, markov_maps
 from .merge import truncated_nearest_neighbour
 from .scoring import Candidates, candidates, select_threshold
+from .subspace import slow_subspace
 from .transition import Transition
 from .upsampling import JBUOperator, guide_image, upsample_markov_map
 
@@ -59,6 +60,9 @@ class PreparedImage:
         self.guide = guide_image(image)
         self.jbu = None if config.exact else JBUOperator(self.guide, self.r, config.jbu_sigma_spatial,
                                                          config.jbu_sigma_range)
+        fast_dense = not config.exact and transition.kind != "csr"
+        self.subspace = slow_subspace(transition.dense()) if fast_dense and self.r <= config.subspace_max_resolution \
+            else None
         self._cache: "OrderedDict[Tuple[float, float], ClickMap]" = OrderedDict()
         self._lock = threading.Lock()
         self.timings: Dict[str, float] = {}  # seconds per stage of the latest click computation / prediction
@@ -68,7 +72,8 @@ class PreparedImage:
         with self._lock:
             cached = sum(c.nbytes for c in self._cache.values())
         operator = self.jbu.nbytes if self.jbu is not None else 0
-        return self.transition.nbytes + operator + self.image.nbytes + self.guide.numel() * 4 + cached
+        subspace = self.subspace.nbytes if self.subspace is not None else 0
+        return self.transition.nbytes + operator + subspace + self.image.nbytes + self.guide.numel() * 4 + cached
 
     def clear_cache(self) -> None:
         """Forget every cached click map (the balanced matrix and JBU operator stay)."""
@@ -103,7 +108,8 @@ class PreparedImage:
         cfg = self.config
         t0 = time.perf_counter()
         starts = click_grid_starts(points, self.width, self.height, self.r)
-        arrival = markov_maps(self.transition, starts, cfg.tau, cfg.interpolate, cfg.max_iterations).cpu()
+        arrival = markov_maps(self.transition, starts, cfg.tau, cfg.interpolate, cfg.max_iterations,
+                              self.subspace).cpu()
         times = {"chain": time.perf_counter() - t0, "jbu": 0.0, "flood_fill": 0.0, "candidates": 0.0}
         maps = []
         for (x, y), grid in zip(points, arrival):

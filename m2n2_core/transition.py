@@ -47,11 +47,19 @@ class Transition:
             return matvec.packed_product(self.matrix, p)
         return p @ self.matrix
 
+    def dense(self) -> torch.Tensor:
+        """A as a dense fp32 matrix (the stored one for "dense32", else a new one)."""
+        if self.kind == "csr":
+            return self.matrix.to_dense().T.contiguous()
+        if self.kind == "packed16":
+            return packed.decode(self.matrix)
+        return self.matrix
+
     def for_chain(self) -> "Transition":
         """What one chain run steps with: on an accelerator, 16-bit codes are decoded once per run (a transient fp32
         copy, so the steps run at fp32 mat-vec speed); on the CPU the compiled kernel reads the codes directly."""
         if self.kind == "packed16" and self.matrix.device.type != "cpu":
-            return Transition(packed.decode(self.matrix), "dense32")
+            return Transition(self.dense(), "dense32")
         return self
 
     @classmethod

@@ -18,7 +18,8 @@ def test_defaults():
 
 def test_reads_every_variable():
     env = {"M2N2_MODEL": "/models/sd2", "M2N2_DEVICE": "cpu", "M2N2_ATTENTION": "affinity",
-           "M2N2_ATTENTION_RESOLUTION": "32", "M2N2_DENSE_STORAGE": "fp32", "M2N2_CACHE_BYTES": "512MiB", "M2N2_PRELOAD": "yes",
+           "M2N2_ATTENTION_RESOLUTION": "32", "M2N2_DENSE_STORAGE": "fp32",
+           "M2N2_SUBSPACE_MAX_RESOLUTION": "0", "M2N2_CACHE_BYTES": "512MiB", "M2N2_PRELOAD": "yes",
            "M2N2_MAX_POINTS": "10", "M2N2_MAX_IMAGE_PIXELS": "1000", "M2N2_MAX_DOWNLOAD_BYTES": "1M",
            "M2N2_FETCH_TIMEOUT": "2.5", "M2N2_ALLOW_PRIVATE_NETWORKS": "1",
            "M2N2_ALLOWED_HOSTS": "minio, 10.0.0.0/8", "LABEL_STUDIO_URL": "http://ls:8080/",
@@ -32,6 +33,7 @@ def test_reads_every_variable():
     cfg = s.m2n2_config()
     assert (cfg.attention, cfg.model, cfg.attention_resolution, cfg.device) == ("affinity", "/models/sd2", 32, "cpu")
     assert cfg.dense_storage == "fp32" and Settings.from_env({}).m2n2_config().dense_storage == "16bit"
+    assert cfg.subspace_max_resolution == 0 and Settings.from_env({}).m2n2_config().subspace_max_resolution == 64
 
 
 @pytest.mark.parametrize("env, names", [
@@ -39,6 +41,7 @@ def test_reads_every_variable():
     ({"M2N2_DEVICE": "gpu"}, "M2N2_DEVICE"),
     ({"M2N2_ATTENTION_RESOLUTION": "abc"}, "M2N2_ATTENTION_RESOLUTION"),
     ({"M2N2_DENSE_STORAGE": "fp8"}, "M2N2_DENSE_STORAGE"),
+    ({"M2N2_SUBSPACE_MAX_RESOLUTION": "-1"}, "M2N2_SUBSPACE_MAX_RESOLUTION"),
     ({"M2N2_ATTENTION_RESOLUTION": "1"}, "M2N2_ATTENTION_RESOLUTION"),
     ({"M2N2_CACHE_BYTES": "lots"}, "M2N2_CACHE_BYTES"),
     ({"M2N2_CACHE_BYTES": "0"}, "M2N2_CACHE_BYTES"),
