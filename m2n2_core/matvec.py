@@ -66,5 +66,5 @@ def packed_product(codes: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         return p @ decode(codes)
     pn = np.ascontiguousarray(p.detach().numpy(), dtype=np.float32)
     out = np.empty((pn.shape[0], codes.shape[1]), dtype=np.float32)
-    threads.over_columns(_packed_columns, codes.shape[1], codes.numpy().view(np.uint16), pn, out)
+    threads.over_range(_packed_columns, codes.shape[1], codes.numpy().view(np.uint16), pn, out)
     return torch.from_numpy(out)

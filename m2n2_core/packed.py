@@ -36,7 +36,7 @@ def encode(matrix: torch.Tensor) -> torch.Tensor:
     """
     a = matrix.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
     out = np.empty(a.shape, dtype=np.uint16)
-    threads.over_columns(_encode_columns, a.shape[1], a, walk(a.shape[0]), out)
+    threads.over_range(_encode_columns, a.shape[1], a, walk(a.shape[0]), out)
     return torch.from_numpy(out.view(np.int16)).to(matrix.device)
 
 

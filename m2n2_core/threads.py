@@ -1,4 +1,4 @@
-"""Column-parallel execution of compiled (numba, ``nogil``) kernels on a shared thread pool."""
+"""Parallel execution of compiled (numba, ``nogil``) kernels over ranges of rows or columns on a shared thread pool."""
 from __future__ import annotations
 
 import threading
@@ -20,10 +20,10 @@ def _executor(workers: int) -> ThreadPoolExecutor:
         return _pool
 
 
-def over_columns(kernel, n: int, *args, min_columns: int = 512) -> None:
-    """Call ``kernel(*args, j0, j1)`` on consecutive column ranges covering [0, n): one range per
-    ``torch.get_num_threads()`` thread (ranges of at least ``min_columns``), concurrently, and wait for all."""
-    parts = max(1, min(torch.get_num_threads(), n // min_columns))
+def over_range(kernel, n: int, *args, min_part: int = 512) -> None:
+    """Call ``kernel(*args, j0, j1)`` on consecutive ranges covering [0, n): one range per
+    ``torch.get_num_threads()`` thread (ranges of at least ``min_part``), concurrently, and wait for all."""
+    parts = max(1, min(torch.get_num_threads(), n // min_part))
     if parts == 1:
         kernel(*args, 0, n)
         return

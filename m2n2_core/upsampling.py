@@ -8,6 +8,8 @@ import numba
 import numpy as np
 import torch
 
+from . import threads
+
 
 def interpolation_matrix(size: int, r: int) -> torch.Tensor:
     """(size×r) linear interpolation weights sampling grid coordinate (r−1)·i/size for pixel i (the click mapping)."""
@@ -83,48 +85,25 @@ class JBUOperator:
 
     Every output pixel is a fixed linear combination of the r×r map's cells inside a small block (the cells its
     filter window reads through the bilinear interpolation). The weights of that combination are summed once per
-    image from the same taps the direct filter visits, so applying the operator gives the direct filter's result (up to
-    float rounding) for any map, with one multiply-add per block cell instead of one per tap.
+    image from the same taps the direct filter visits (a compiled kernel, rows split over threads), so applying the
+    operator gives the direct filter's result up to float rounding for any map, with one multiply-add per block cell
+    instead of one per tap.
     """
 
-    def __init__(self, guide: torch.Tensor, r: int, sigma_spatial: float, sigma_range: float, rows_per_chunk: int = 32):
+    def __init__(self, guide: torch.Tensor, r: int, sigma_spatial: float, sigma_range: float):
         h, w = guide.shape[:2]
         self.r, self.height, self.width = r, h, w
         sx, sy = spatial_sigmas(sigma_spatial, h, w, r)
         rx, ry = int(math.ceil(3 * sx)), int(math.ceil(3 * sy))
-        dxs, dys = list(range(-rx, rx + 1)), list(range(-ry, ry + 1))
-        bx, rel_x = _block_weights(w, r, dxs)   # (W,), (W, n_dx, bw): cell weights relative to the block start
-        by, rel_y = _block_weights(h, r, dys)
-        self.bx, self.by = bx.numpy(), by.numpy()
-        bh, bw = rel_y.shape[2], rel_x.shape[2]
-        channels = guide.to(torch.float32).permute(2, 0, 1).contiguous()    # (3, H, W): x innermost, vectorises
-        padded = torch.zeros(3, h, w + 2 * rx)
-        padded[:, :, rx:rx + w] = channels
-        x_ok = torch.stack([(torch.arange(w) + dx >= 0) & (torch.arange(w) + dx < w) for dx in dxs])  # (n_dx, W)
-        gx = torch.tensor([math.exp(-(d * d) / (2 * sx * sx)) for d in dxs])
-        spatial_x = (gx[:, None] * x_ok)[:, None, :]                       # (n_dx, 1, W)
-        inv2r = 1.0 / (2 * sigma_range ** 2)
-        weights = torch.empty(h, w, bh, bw, dtype=torch.float32)
-        for y0 in range(0, h, rows_per_chunk):
-            y1 = min(h, y0 + rows_per_chunk)
-            per_dy = torch.zeros(len(dys), y1 - y0, w, bw)
-            for j, dy in enumerate(dys):
-                src = torch.arange(y0, y1) + dy
-                ok = (src >= 0) & (src < h)
-                if not bool(ok.any()):
-                    continue
-                band = padded[:, src.clamp(0, h - 1)]                      # (3, rows, W + 2rx)
-                tap = torch.zeros(len(dxs), y1 - y0, w)
-                for c in range(3):
-                    # band[c] shifted by every dx at once: (n_dx, rows, W) as a strided view
-                    window = band[c].as_strided((len(dxs), y1 - y0, w), (1, band.stride(1), 1))
-                    tap.add_((window - channels[c, y0:y1]).square_())
-                tap = torch.exp_(tap.mul_(-inv2r))
-                tap.mul_(spatial_x).mul_(math.exp(-(dy * dy) / (2 * sy * sy)) * ok[None, :, None])
-                per_dy[j] = torch.einsum("dyx,xdb->yxb", tap, rel_x)       # Σ_dx tap · rel_x
-            weights[y0:y1] = torch.einsum("yda,dyxb->yxab", rel_y[y0:y1], per_dy)  # Σ_dy rel_y · per_dy
-        weights /= weights.sum(dim=(2, 3), keepdim=True)
-        self.weights = weights
+        self.bx, cell_x, frac_x, bw = _block_cells(w, r, rx)
+        self.by, cell_y, frac_y, bh = _block_cells(h, r, ry)
+        gx = np.exp(-np.arange(-rx, rx + 1) ** 2 / (2 * sx * sx)).astype(np.float32)
+        gy = np.exp(-np.arange(-ry, ry + 1) ** 2 / (2 * sy * sy)).astype(np.float32)
+        planes = np.ascontiguousarray(guide.to(torch.float32).numpy().transpose(2, 0, 1))
+        weights = np.empty((h, w, bh, bw), dtype=np.float32)
+        threads.over_range(_operator_rows, h, planes, gx, gy, self.bx, cell_x, frac_x, self.by, cell_y, frac_y,
+                           np.float32(-1.0 / (2 * sigma_range ** 2)), weights, min_part=8)
+        self.weights = torch.from_numpy(weights)
 
     @property
     def nbytes(self) -> int:
@@ -137,6 +116,52 @@ class JBUOperator:
         m[: self.r, : self.r] = grid_map.to(torch.float32).numpy()
         out = torch.from_numpy(_apply_blocks(m, self.by, self.bx, self.weights.numpy()))
         return out / out.max().clamp_min(1e-12)
+
+
+@numba.njit(nogil=True, cache=True, fastmath=True)
+def _operator_rows(planes, gx, gy, bx, cell_x, frac_x, by, cell_y, frac_y, scale, out, y0, y1):  # pragma: no cover
+    """out[y, x, a, b] for rows y0..y1: Σ over the taps (y+dy, x+dx) inside the image of Gs·Gr·(the tap's bilinear
+    weight on cell (by[y] + a, bx[x] + b)), normalised to sum 1 per pixel; Gr = exp(|ΔRGB|²·scale), scale = −1/(2σr²)."""
+    h, w = planes.shape[1], planes.shape[2]
+    ry, rx = gy.shape[0] // 2, gx.shape[0] // 2
+    red, green, blue = planes[0], planes[1], planes[2]
+    row = np.empty(out.shape[3], dtype=np.float32)
+    taps = np.empty(gx.shape[0], dtype=np.float32)
+    for y in range(y0, y1):
+        for x in range(w):
+            acc = out[y, x]
+            acc[:] = 0.0
+            r0, g0, b0 = red[y, x], green[y, x], blue[y, x]
+            x0, x1 = max(0, x - rx), min(w, x + rx + 1)
+            for sy in range(max(0, y - ry), min(h, y + ry + 1)):
+                rr, gg, bb = red[sy, x0:x1], green[sy, x0:x1], blue[sy, x0:x1]
+                spatial = gx[x0 - x + rx:x1 - x + rx]
+                for q in range(x1 - x0):  # the row's tap weights
+                    d0, d1, d2 = rr[q] - r0, gg[q] - g0, bb[q] - b0
+                    taps[q] = spatial[q] * np.exp((d0 * d0 + d1 * d1 + d2 * d2) * scale)
+                row[:] = 0.0
+                c = cell_x[x0]
+                lo = hi = np.float32(0.0)  # the taps' weights on cells c and c + 1 (pixels of c's span)
+                for q in range(x1 - x0):
+                    if cell_x[x0 + q] != c:
+                        row[c - bx[x]] += lo
+                        row[c + 1 - bx[x]] += hi
+                        c, lo, hi = cell_x[x0 + q], np.float32(0.0), np.float32(0.0)
+                    t1 = taps[q] * frac_x[x0 + q]
+                    lo += taps[q] - t1
+                    hi += t1
+                row[c - bx[x]] += lo
+                row[c + 1 - bx[x]] += hi
+                a = cell_y[sy] - by[y]
+                v1 = gy[sy - y + ry] * frac_y[sy]
+                v0 = gy[sy - y + ry] - v1
+                for b in range(row.shape[0]):
+                    acc[a, b] += v0 * row[b]
+                    acc[a + 1, b] += v1 * row[b]
+            total = acc.sum()
+            for a in range(acc.shape[0]):
+                for b in range(acc.shape[1]):
+                    acc[a, b] /= total
 
 
 @numba.njit(nogil=True, cache=True)
@@ -156,23 +181,13 @@ def _apply_blocks(m, by, bx, weights):  # pragma: no cover - compiled
     return out
 
 
-def _block_weights(size: int, r: int, offsets):
-    """Per pixel i: the first grid cell its window reads and, per offset d, the bilinear weights of pixel i+d's cells
-    relative to that first cell (zero where i+d leaves the image)."""
-    g = (r - 1) * torch.arange(size, dtype=torch.float64) / size
-    i0 = g.floor().long().clamp_(0, r - 1)
-    i1 = (i0 + 1).clamp_(max=r - 1)
-    f = (g - i0).to(torch.float32)
-    lo, hi = min(offsets), max(offsets)
-    pix = torch.arange(size)
-    start = i0[(pix + lo).clamp(0, size - 1)]
-    stop = i1[(pix + hi).clamp(0, size - 1)]
-    block = int((stop - start).max()) + 1
-    rel = torch.zeros(size, len(offsets), block)
-    for k, d in enumerate(offsets):
-        src = pix + d
-        ok = (src >= 0) & (src < size)
-        s = src.clamp(0, size - 1)
-        rel[pix[ok], k, (i0[s] - start)[ok]] += (1 - f[s])[ok]
-        rel[pix[ok], k, (i1[s] - start)[ok]] += f[s][ok]
-    return start, rel
+def _block_cells(size: int, r: int, radius: int):
+    """Along one axis: per pixel i the first grid cell b[i] its window (pixels i ± radius) reads, per pixel the cell
+    c[i] of its bilinear pair (c[i], c[i] + 1) and the weight f[i] of c[i] + 1, and the block size (cells per window)."""
+    g = (r - 1) * np.arange(size, dtype=np.float64) / size   # < r − 1, so c[i] + 1 is always a cell
+    cell = np.floor(g).astype(np.int64)
+    frac = (g - cell).astype(np.float32)
+    pix = np.arange(size)
+    start = cell[np.clip(pix - radius, 0, size - 1)]
+    block = int((cell[np.clip(pix + radius, 0, size - 1)] + 1 - start).max()) + 1
+    return start, cell, frac, block
