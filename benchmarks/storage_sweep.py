@@ -7,7 +7,7 @@ scoring) is shared, so only the storage differs.
 
     python benchmarks/storage_sweep.py 64 sd-like 124080,21077,banana1 p16,bf16,f16
 
-Storages: p16 (m2n2_core.packed, the fast default for dense matrices: 16 bits with error diffusion), p16near (the same
+Storages: fp32 (the exact matrix), p16 (m2n2_core.packed, the fast default for dense matrices: 16 bits with error diffusion), p16near (the same
 codes rounded to nearest), bf16, f16 (plain fp16), f16row (fp16 after scaling each row by its max), and eps=<x> (drop
 per row the smallest entries carrying ≤ x of the mass, as the fast path once did before storing CSR), and noise=<x>
 (fp32 with uniform random relative perturbations of up to ±x: how sensitive an image's masks are at all). A suffix
@@ -38,6 +38,8 @@ CLICKS = 5
 
 def rounded(balanced: torch.Tensor, storage: str) -> torch.Tensor:
     """The fp32 matrix a chain on ``storage`` effectively multiplies with."""
+    if storage == "fp32":  # the exact matrix (with "+sub": the subspace's effect alone)
+        return balanced
     if storage == "p16":
         return packed.decode(packed.encode(balanced))
     if storage == "p16near":  # the same 16-bit codes, each entry rounded to its nearest code (no error diffusion)

@@ -46,7 +46,8 @@ class ClickMap:
 
 
 class PreparedImage:
-    """All per-image state: the guide image, the balanced transition matrix and a per-point cache of click maps.
+    """All per-image state: the guide image, the balanced transition matrix, on the fast path the upsampling operator
+    and (dense matrices up to ``subspace_max_resolution``) the slow-mode subspace, and a per-point cache of click maps.
 
     Thread-safe: several threads may predict on the same prepared image at once.
     """

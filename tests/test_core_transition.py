@@ -35,12 +35,19 @@ def test_exact_step_is_p_times_a():
 
 
 def kept_mask(t: Transition, a: torch.Tensor) -> torch.Tensor:
-    """Which entries of A the compact storage still holds (its stored matrix is Aᵀ for CSR, A when dense)."""
-    if t.kind == "csr":
-        return (t.matrix.to_dense().T != 0)
-    if t.kind == "packed16":
-        return packed.decode(t.matrix) != 0
-    return t.matrix != 0
+    """Which entries of A the compact storage still holds."""
+    return t.dense() != 0
+
+
+@pytest.mark.parametrize("make, storage, kind", [(lambda: banded(300, 10, seed=5), "16bit", "csr"),
+                                                 (lambda: dense(64, seed=5), "16bit", "packed16"),
+                                                 (lambda: dense(64, seed=5), "fp32", "dense32")])
+def test_dense_returns_the_stored_matrix_as_dense_fp32(make, storage, kind):
+    a = make()
+    t = Transition.compact(a, storage)
+    assert t.kind == kind and t.dense().dtype == torch.float32
+    expected = packed.decode(t.matrix) if kind == "packed16" else a
+    assert torch.equal(t.dense(), expected)
 
 
 def test_compact_stores_a_sparse_matrix_exactly_as_csr_of_its_nonzeros():
