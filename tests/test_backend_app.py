@@ -95,7 +95,7 @@ def test_setup_answers_without_waiting_for_the_model():
         assert harness.client.get("/health").json["model"]["state"] == "loading"
     finally:
         gate.set()
-    harness.model.predictor(10)
+    harness.model.predictor(300)
     assert harness.client.get("/health").json["model"]["state"] == "loaded"
     harness.server.close()
 
@@ -431,7 +431,7 @@ def test_model_still_loading_answers_503_then_works():
         response = harness.click()
         assert response.status_code == 503 and "still loading" in response.json["error"]
         gate.set()
-        harness.model.predictor(10)
+        harness.model.predictor(300)
         harness.assert_valid_click_works()
     finally:
         gate.set()
@@ -444,7 +444,7 @@ def test_model_still_loading_answers_503_then_works():
 def test_out_of_memory_answers_503_releases_caches_then_recovers(h, monkeypatch, stage, error):
     h.assert_valid_click_works()                       # one prepared image in the cache
     other = h.server.add("/data/upload/1/other.png", encode(scene(60, 40)))
-    predictor = h.model.predictor(10)
+    predictor = h.model.predictor(300)
     if stage == "prepare":
         target, name = predictor, "prepare"
     else:
@@ -486,7 +486,7 @@ def test_cache_evicts_by_bytes_and_recomputes_the_same_mask():
 def test_concurrent_first_clicks_on_one_image_prepare_it_once():
     harness = Harness()
     try:
-        predictor = harness.model.predictor(10)
+        predictor = harness.model.predictor(300)
         prepares, original = [], predictor.prepare
 
         def counted(image):
