@@ -48,7 +48,8 @@ class M2N2Config:
     # --- speed ---
     exact: bool = False                    #: True → the spec's direct dense method (the reference)
     #: fast path, a balanced matrix too dense for exact CSR (SD attention): "16bit" (half the bytes and a faster chain;
-    #: masks agree with exact at IoU ≥ 0.99 where measured, benchmarks/RESULTS.md) or "fp32" (the exact matrix)
+    #: masks agree with exact at IoU ≥ 0.99 on GrabCut except one image at r = 128, benchmarks/RESULTS.md) or "fp32"
+    #: (the exact matrix)
     dense_storage: str = "16bit"
     #: fast path, dense matrices at r ≤ this: the slowest modes of the matrix are found once per image and each chain's
     #: tail runs in their subspace (m2n2_core.subspace; ≈ 3 s per image at r = 64 on 2 CPU cores, then several times
