@@ -54,7 +54,7 @@ def load_sample(name: str, size=(854, 480)):
     return image, gt_raw == 255, gt_raw == 128
 
 
-def prepare(image, r, attention, exact, device, dense_storage="16bit", subspace_max_resolution=None):
+def prepare(image, r, attention, exact, device, dense_storage="auto", subspace_max_resolution=None):
     config = M2N2Config(attention="affinity" if attention == "affinity" else "sd", attention_resolution=r,
                         exact=exact, device=device, dense_storage=dense_storage)
     if subspace_max_resolution is not None:
@@ -118,7 +118,7 @@ def main(argv=None):
     ap.add_argument("--image", default="124080", help="GrabCut image stem")
     ap.add_argument("--clicks", type=int, default=10)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dense-storage", choices=("fp32", "16bit"), default="16bit",
+    ap.add_argument("--dense-storage", choices=("auto", "fp32", "16bit"), default="auto",
                     help="the fast path's storage of a dense matrix (M2N2Config.dense_storage)")
     ap.add_argument("--subspace-max-resolution", type=int, default=M2N2Config.subspace_max_resolution,
                     help="M2N2Config.subspace_max_resolution of the fast path (0: no slow-mode subspace)")
@@ -138,7 +138,7 @@ def main(argv=None):
                                args.subspace_max_resolution)
         clicks = simulate_clicks(fast, gt, ignore, args.clicks)
         fast_rows, fast_masks = run_clicks(_fresh(fast), clicks)
-        nbytes_fast = fast.prepared.nbytes
+        nbytes_fast, kind_fast = fast.prepared.nbytes, fast.prepared.transition.kind
         del fast
         exact, t_exact = prepare(image, r, args.attention, True, args.device)
         exact_rows, exact_masks = run_clicks(exact, clicks)
@@ -157,7 +157,7 @@ def main(argv=None):
                 lines.append(f"| {r} | {k} | {name} | {cells} | {row['select'] + row['merge']:.3f} | "
                              f"{row['total']:.3f} | {ratio} | {agree} |")
         summary.append(f"- r = {r}: prepare exact {t_exact:.1f} s / fast {t_fast:.1f} s; prepared bytes exact "
-                       f"{nbytes_exact / 2**20:.0f} MiB / fast {nbytes_fast / 2**20:.0f} MiB (10 clicks cached); "
+                       f"{nbytes_exact / 2**20:.0f} MiB / fast {nbytes_fast / 2**20:.0f} MiB ({kind_fast}, 10 clicks cached); "
                        f"min IoU(fast, exact) over {len(clicks)} clicks {min(ious):.4f}; direct method (spec §6) "
                        f"{direct:.1f} s per click map, so click k of a session without caching costs k × that: "
                        + ", ".join(f"click {k}: {k * direct:.0f} s = {k * direct / fast_rows[k - 1]['total']:.0f}× "

@@ -20,27 +20,13 @@ from bench_click import load_sample
 from m2n2_core import M2N2Config, packed
 from m2n2_core.balancing import balance
 from m2n2_core.evaluation.clicker import next_click
-from m2n2_core.markov import _advance, click_grid_starts, markov_maps
+from m2n2_core.markov import click_grid_starts, markov_maps
 from m2n2_core.predictor import PreparedImage
 from m2n2_core.subspace import slow_subspace
 from m2n2_core.synthetic import sd_like_attention
 from m2n2_core.transition import Transition
 
 CLICKS = 5
-
-
-def chain_fp64(a: torch.Tensor, starts: torch.Tensor, tau: float, steps: int) -> torch.Tensor:
-    """Arrival times with every step p @ A, normalisation and comparison in fp64."""
-    a, p = a.double(), starts.double() / starts.double().amax(dim=1, keepdim=True)
-    arrival, pending = torch.full_like(p, float(steps)), p <= tau
-    arrival[~pending] = 0.0
-    for i in range(steps):
-        if not bool(pending.any()):
-            break
-        nxt = p @ a
-        _advance(p, nxt, arrival, pending, i, tau, True)
-        p = nxt
-    return arrival
 
 
 def main(argv=None):
@@ -71,7 +57,7 @@ def main(argv=None):
         for name, (arrival, matrix) in runs.items():
             key = id(matrix)
             if key not in exact:
-                exact[key] = chain_fp64(matrix, starts, cfg.tau, cfg.max_iterations)
+                exact[key] = markov_maps(Transition.reference(matrix), starts, *steps)
             error = float((arrival.double() - exact[key]).abs().max())
             print(f"| {stem} | {name} | {error:.3f} | {float(exact[key].max()):.0f} |", flush=True)
 

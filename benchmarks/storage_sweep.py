@@ -7,11 +7,12 @@ scoring) is shared, so only the storage differs.
 
     python benchmarks/storage_sweep.py 64 sd-like 124080,21077,banana1 p16,bf16,f16
 
-Storages: fp32 (the exact matrix), p16 (m2n2_core.packed, the fast default for dense matrices: 16 bits with error diffusion), p16near (the same
-codes rounded to nearest), bf16, f16 (plain fp16), f16row (fp16 after scaling each row by its max), and eps=<x> (drop
-per row the smallest entries carrying ≤ x of the mass, as the fast path once did before storing CSR), and noise=<x>
-(fp32 with uniform random relative perturbations of up to ±x: how sensitive an image's masks are at all). A suffix
-"+sub" (e.g. p16+sub) also runs each chain's tail in the matrix's slow-mode subspace (m2n2_core.subspace).
+Storages: fp32 (the exact matrix), p16 (m2n2_core.packed, 16 bits with error diffusion: the default for dense matrices
+at r ≤ 64), p16near (the same codes rounded to nearest), bf16, f16 (plain fp16), f16row (fp16 after scaling each row by
+its max), eps=<x> (drop per row the smallest entries carrying ≤ x of the mass, as the fast path once did before storing
+CSR), noise=<x> (fp32 with uniform random relative perturbations of up to ±x: how sensitive an image's masks are at
+all), and exact (``M2N2Config(exact=True)`` on the fp32 matrix: the fast fp32 path against the reference method).
+A suffix "+sub" (e.g. p16+sub) also runs each chain's tail in the matrix's slow-mode subspace (m2n2_core.subspace).
 """
 from __future__ import annotations
 
@@ -107,12 +108,16 @@ def main(argv=None):
         print(f"{stem} r={r} {source}", flush=True)
         for storage in storages:
             name, _, with_subspace = storage.partition("+")
-            prepared.transition = Transition.exact(rounded(bal, name))
-            prepared.subspace = slow_subspace(prepared.transition.matrix) if with_subspace == "sub" else None
-            prepared.clear_cache()
-            ious = [iou(prepared.predict([(x, y) for y, x, _ in clicks[:k]], [int(p) for _, _, p in clicks[:k]]),
+            if name == "exact":  # the reference method itself (direct upsampling and flood fill), same fp32 matrix
+                other = PreparedImage(image, Transition.exact(bal), cfg.replace(exact=True))
+            else:
+                other = prepared
+                other.transition = Transition.exact(rounded(bal, name))
+                other.subspace = slow_subspace(other.transition.matrix) if with_subspace == "sub" else None
+                other.clear_cache()
+            ious = [iou(other.predict([(x, y) for y, x, _ in clicks[:k]], [int(p) for _, _, p in clicks[:k]]),
                         exact_masks[k - 1]) for k in range(1, CLICKS + 1)]
-            change = max(float(np.abs(m.distance - e).max()) for m, e in zip(prepared.click_maps(points), exact_maps))
+            change = max(float(np.abs(m.distance - e).max()) for m, e in zip(other.click_maps(points), exact_maps))
             print(f"  {storage:8s} min IoU {min(ious):.4f}  max |ΔD| {change:.2e}  per click "
                   + " ".join(f"{v:.4f}" for v in ious), flush=True)
 

@@ -30,7 +30,8 @@ def start_vector(x: float, y: float, width: int, height: int, r: int) -> torch.T
 
 def markov_maps(transition: Transition, starts: torch.Tensor, tau: float = 0.3, interpolate: bool = True,
                 max_iterations: int = 1000, subspace: Optional[SlowSubspace] = None) -> torch.Tensor:
-    """Arrival times (k×N fp32) of the chains p_{t+1} = p_t·A / max(p_t·A) started at the k rows of ``starts``.
+    """Arrival times (k×N; fp32, fp64 on a ``Transition.reference``) of the chains p_{t+1} = p_t·A / max(p_t·A)
+    started at the k rows of ``starts``.
 
     A cell arrives at the first t with p_t > τ (cells with p₀ > τ at 0); with interpolation the crossing between
     steps i and i+1 is placed at i + 1 − (p_{i+1} − τ)/(Δ + 1e−6), Δ = p_{i+1} − p_i (Δ = 1 − τ for i = 0).
@@ -40,12 +41,13 @@ def markov_maps(transition: Transition, starts: torch.Tensor, tau: float = 0.3, 
     """
     device = transition.matrix.device
     transition = transition.for_chain()
-    p = starts.to(device=device, dtype=torch.float32).reshape(starts.shape[0], -1)
+    dtype = torch.float64 if transition.kind == "dense64" else torch.float32
+    p = starts.to(device=device, dtype=dtype).reshape(starts.shape[0], -1)
     p = p / p.amax(dim=1, keepdim=True)
     arrival = torch.full_like(p, float(max_iterations))
     pending = p <= tau
     arrival[~pending] = 0.0
-    advance = _advance_compiled if device.type == "cpu" else _advance
+    advance = _advance_compiled if device.type == "cpu" and dtype == torch.float32 else _advance
     coordinates = None  # the chains' coordinates in the subspace, once they run there
     for i in range(max_iterations):
         if not bool(pending.any()):

@@ -4,12 +4,13 @@
 matrix exactly, as CSR of its nonzero entries (fp32 values), when that takes at most half the bytes of dense fp32 (the
 weight-free source: 1–13 % nonzeros). A matrix without that many zeros (SD attention) is stored densely in 16 bits per
 entry (``m2n2_core.packed``: half the bytes, rounded with bounded error diffusion so that products with the chain's
-smooth vectors stay accurate; fp32 accumulation), or in fp32 (exact) on request. Measured against exact on SD-like
-attention (benchmarks/RESULTS.md): masks at IoU ≥ 0.99 on all 50 GrabCut images at r = 32 and ≥ 0.999 on 20 images at
-r = 64; at r = 128 ≥ 0.998 on 24 of 25 images measured, 376043 0.977. Measured and rejected: nearest rounding
-to the same 16 bits (IoU 0.93 on one image), unbounded error diffusion
-(0.98 on one), bf16 (0.93), and dropping the smallest entries of each row up to a mass budget (IoU 0.71 at 10⁻⁵ of
-the row mass). A step returns p·A up to a positive factor, which the chain's max normalisation removes.
+smooth vectors stay accurate; fp32 accumulation), or in fp32 (exact); ``M2N2Config.dense_storage`` picks which.
+Measured against exact on SD-like attention (benchmarks/RESULTS.md): 16-bit masks at IoU ≥ 0.99 on all 50 GrabCut
+images at r = 32 and 64, but at r = 128 GrabCut's 376043 falls to 0.977 (24 other images ≥ 0.998), so by default
+("auto") only r ≤ 64 is stored in 16 bits. Measured and rejected: nearest rounding to the same 16 bits (IoU 0.93 on one
+image), unbounded error diffusion (0.98 on one), bf16 (0.93), and dropping the smallest entries of each row up to a
+mass budget (IoU 0.71 at 10⁻⁵ of the row mass). A step returns p·A up to a positive factor, which the chain's max
+normalisation removes.
 """
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ class Transition:
 
     def __init__(self, matrix: torch.Tensor, kind: str):
         self.matrix = matrix
-        self.kind = kind  # "dense32" (stores A), "packed16" (stores A's 16-bit codes) or "csr" (stores Aᵀ)
+        # "dense32" (stores A), "packed16" (stores A's 16-bit codes), "csr" (stores Aᵀ) or "dense64" (A in fp64: its
+        # chains run in fp64, a yardstick for the others' rounding)
+        self.kind = kind
 
     @property
     def size(self) -> int:
@@ -50,6 +53,8 @@ class Transition:
 
     def dense(self) -> torch.Tensor:
         """A as a dense fp32 matrix (the stored one for "dense32", else a new one)."""
+        if self.kind == "dense64":
+            return self.matrix.to(torch.float32)
         if self.kind == "csr":
             return self.matrix.to_dense().T.contiguous()
         if self.kind == "packed16":
@@ -68,9 +73,16 @@ class Transition:
         return cls(balanced.to(torch.float32).contiguous(), "dense32")
 
     @classmethod
+    def reference(cls, balanced: torch.Tensor) -> "Transition":
+        """The matrix in fp64: chains on it run every step in fp64, as exact arithmetic would (precision checks)."""
+        return cls(balanced.to(torch.float64).contiguous(), "dense64")
+
+    @classmethod
     def compact(cls, balanced: torch.Tensor, dense_storage: str = "16bit") -> "Transition":
         """CSR of the nonzero entries when that needs ≤ 1/2 of the dense fp32 bytes; otherwise the dense matrix in
-        16 bits (``dense_storage="16bit"``) or exact in fp32 ("fp32")."""
+        16 bits (``dense_storage="16bit"``) or exact in fp32 ("fp32"; ``M2N2Config.dense_storage_at`` resolves "auto")."""
+        if dense_storage not in ("16bit", "fp32"):
+            raise ValueError(f"dense_storage must be '16bit' or 'fp32' here, not {dense_storage!r}")
         n = balanced.shape[0]
         nnz = int(torch.count_nonzero(balanced))  # entries are ≥ 0; (balanced > 0).sum() takes 50× longer
         if nnz * _CSR_BYTES_PER_ENTRY + 4 * (n + 1) <= _CSR_MAX_FRACTION * 4 * n * n:  # values, columns, row pointers

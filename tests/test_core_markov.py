@@ -181,3 +181,28 @@ def test_compiled_arrival_bookkeeping_equals_the_torch_one(monkeypatch, interpol
     reference = markov_maps(t, starts, interpolate=interpolate, max_iterations=max_iterations)
     torch.testing.assert_close(compiled, reference, rtol=0, atol=2e-6)
     assert bool((compiled < max_iterations).any()) and bool((compiled > 0).any())
+
+
+def test_a_reference_transition_runs_the_chain_in_fp64():
+    """``Transition.reference``: every step, normalisation and comparison in fp64 — the yardstick for rounding."""
+    a = random_chain(9, seed=4)
+    starts = click_grid_starts([(13, 27), (90, 5)], 100, 100, 9)
+    t = Transition.reference(a)
+    assert t.kind == "dense64" and t.matrix.dtype == torch.float64 and torch.equal(t.dense(), a)
+    fp64 = markov_maps(t, starts)
+    assert fp64.dtype == torch.float64
+    p, arrival = starts.double(), torch.full((2, 81), 1000.0, dtype=torch.float64)
+    pending = p <= 0.3
+    arrival[~pending] = 0.0
+    for i in range(1000):  # the chain written out in fp64
+        if not bool(pending.any()):
+            break
+        nxt = p @ a.double()
+        nxt = nxt / nxt.amax(dim=1, keepdim=True)
+        crossed = pending & (nxt > 0.3)
+        delta = (1.0 - 0.3) if i == 0 else (nxt - p)
+        arrival = torch.where(crossed, (i + 1) - (nxt - 0.3) / (delta + 1e-6), arrival)
+        pending &= ~crossed
+        p = nxt
+    torch.testing.assert_close(fp64, arrival, rtol=0, atol=1e-12)
+    torch.testing.assert_close(fp64.float(), markov_maps(Transition.exact(a), starts), rtol=0, atol=1e-3)

@@ -5,7 +5,7 @@ import torch
 
 from m2n2_core import M2N2Config, M2N2Predictor, packed
 from m2n2_core.balancing import balance
-from m2n2_core.markov import _advance, click_grid_starts, markov_maps
+from m2n2_core.markov import click_grid_starts, markov_maps
 from m2n2_core.subspace import BLOCK, ENTRY_TOLERANCE, KEEP, slow_subspace
 from m2n2_core.synthetic import sd_like_attention
 from m2n2_core.transition import Transition
@@ -60,25 +60,11 @@ def test_a_spike_is_not_in_the_subspace_but_its_chain_soon_is(balanced):
     assert float((y.float() @ s.basis - p).abs().max()) <= ENTRY_TOLERANCE
 
 
-def chain_fp64(a: torch.Tensor, starts: torch.Tensor, tau: float = 0.3, steps: int = 1000) -> torch.Tensor:
-    """Arrival times of the chain with every step in fp64: the chain as exact arithmetic would run it."""
-    a, p = a.double(), starts.double() / starts.double().amax(dim=1, keepdim=True)
-    arrival, pending = torch.full_like(p, float(steps)), p <= tau
-    arrival[~pending] = 0.0
-    for i in range(steps):
-        if not bool(pending.any()):
-            break
-        nxt = p @ a
-        _advance(p, nxt, arrival, pending, i, tau, True)
-        p = nxt
-    return arrival
-
-
 def test_chains_that_finish_in_the_subspace_track_exact_arithmetic_closer_than_fp32_steps(balanced):
     """The tail in the subspace stays within 10⁻² steps of the fp64 chain; fp32 full steps drift further (their
     rounding accumulates along the slowest modes: 0.6 steps here)."""
     starts = click_grid_starts([(45, 30), (8, 60), (90, 5)], 96, 72, R)
-    exact = chain_fp64(balanced.dense(), starts)
+    exact = markov_maps(Transition.reference(balanced.dense()), starts)
     full = Counting(balanced)
     fp32 = markov_maps(full, starts)
     tail = Counting(balanced)

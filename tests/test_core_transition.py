@@ -68,6 +68,11 @@ def test_compact_chooses_csr_up_to_half_the_dense_bytes():
     assert Transition.compact(a, "fp32").kind == "dense32"
 
 
+def test_compact_names_an_unresolved_storage():
+    with pytest.raises(ValueError, match="'auto'"):
+        Transition.compact(dense(16, seed=4), "auto")
+
+
 def test_compact_keeps_a_dense_matrix_exact_in_fp32_on_request():
     a = dense(256, seed=4)
     t = Transition.compact(a, "fp32")
