@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional, Tuple
 from urllib.parse import urlparse
 
-from m2n2_core.config import DEFAULT_MODEL, M2N2Config
+from m2n2_core.config import DEFAULT_MODEL, DENSE_STORAGES, M2N2Config
 
 
 class SettingsError(ValueError):
@@ -176,8 +176,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.attention not in ("sd", "affinity"):
             raise SettingsError(f"M2N2_ATTENTION={self.attention!r} must be 'sd' or 'affinity'")
-        if self.dense_storage not in ("auto", "fp32", "16bit"):
-            raise SettingsError(f"M2N2_DENSE_STORAGE={self.dense_storage!r} must be 'auto', 'fp32' or '16bit'")
+        if self.dense_storage not in DENSE_STORAGES:
+            raise SettingsError(f"M2N2_DENSE_STORAGE={self.dense_storage!r} must be one of {', '.join(DENSE_STORAGES)}")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             raise SettingsError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
         if self.log_level not in _LOG_LEVELS:

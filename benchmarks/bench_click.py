@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from m2n2_core import M2N2Config, M2N2Predictor, load_image
+from m2n2_core.config import DENSE_STORAGES
 from m2n2_core.evaluation.clicker import next_click
 from m2n2_core.floodfill import minimax_distance_reconstruction
 from m2n2_core.markov import click_grid_starts
@@ -118,7 +119,7 @@ def main(argv=None):
     ap.add_argument("--image", default="124080", help="GrabCut image stem")
     ap.add_argument("--clicks", type=int, default=10)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dense-storage", choices=("auto", "fp32", "16bit"), default="auto",
+    ap.add_argument("--dense-storage", choices=DENSE_STORAGES, default="auto",
                     help="the fast path's storage of a dense matrix (M2N2Config.dense_storage)")
     ap.add_argument("--subspace-max-resolution", type=int, default=M2N2Config.subspace_max_resolution,
                     help="M2N2Config.subspace_max_resolution of the fast path (0: no slow-mode subspace)")

