@@ -1,18 +1,19 @@
-"""Agreement of alternative chain storages with the exact fp32 chain: the measurement behind the choice of storage.
+"""Agreement of chain storages with the exact method: the measurement behind the choice of storage.
 
-For each GrabCut image (resized to 854×480) it balances the attention, simulates 5 RITM clicks on the exact (dense
-fp32) chain, then replays them with the chain run on a rounded copy of the matrix, and prints the IoU of the masks after
-every click and the largest change of any click's distance map. Everything else (upsampling operator, flood fill,
-scoring) is shared, so only the storage differs.
+For each GrabCut image (resized to 854×480) it balances the attention, simulates 5 RITM clicks on the reference
+(``M2N2Config(exact=True)``: the spec's direct method on the dense fp32 matrix), then replays them on the fast path with
+the matrix in another storage, and prints the IoU of the masks after every click and the largest change of any click's
+distance map.
 
-    python benchmarks/storage_sweep.py 64 sd-like 124080,21077,banana1 p16,bf16,f16
+    python benchmarks/storage_sweep.py 128 sd-like 124080,21077,banana1 16bit,fp32,p16near
 
-Storages: fp32 (the exact matrix), p16 (m2n2_core.packed, 16 bits with error diffusion: the default for dense matrices
-at r ≤ 64), p16near (the same codes rounded to nearest), bf16, f16 (plain fp16), f16row (fp16 after scaling each row by
-its max), eps=<x> (drop per row the smallest entries carrying ≤ x of the mass, as the fast path once did before storing
-CSR), noise=<x> (fp32 with uniform random relative perturbations of up to ±x: how sensitive an image's masks are at
-all), and exact (``M2N2Config(exact=True)`` on the fp32 matrix: the fast fp32 path against the reference method).
-A suffix "+sub" (e.g. p16+sub) also runs each chain's tail in the matrix's slow-mode subspace (m2n2_core.subspace).
+Storages: 16bit and fp32 are the fast path as the predictor builds it with that ``dense_storage`` (m2n2_core.packed:
+16-bit block floating point with error diffusion / the fp32 matrix; the slow-mode subspace at r ≤ 64 as by default).
+The others run the fast path on an fp32 copy of the matrix rounded as named: p16near (m2n2_core.packed's blocks and
+quanta, rounded to nearest), bf16, f16 (plain fp16), f16row (fp16 after scaling each row by its max), eps=<x> (drop per
+row the smallest entries carrying ≤ x of the mass, as the fast path once did before storing CSR), noise=<x> (uniform
+random relative perturbations of up to ±x: how sensitive an image's masks are at all); a suffix "+sub" (e.g.
+p16near+sub) also runs each chain's tail in the matrix's slow-mode subspace (m2n2_core.subspace).
 """
 from __future__ import annotations
 
@@ -41,14 +42,10 @@ CLICKS = 5
 
 def rounded(balanced: torch.Tensor, storage: str) -> torch.Tensor:
     """The fp32 matrix a chain on ``storage`` effectively multiplies with."""
-    if storage == "fp32":  # the exact matrix (with "+sub": the subspace's effect alone)
-        return balanced
-    if storage == "p16":
-        return packed.decode(packed.encode(balanced))
-    if storage == "p16near":  # the same 16-bit codes, each entry rounded to its nearest code (no error diffusion)
-        bits = balanced.clamp(0, 1).view(torch.int32).to(torch.int64)
-        code = (((bits + (1 << (packed.SHIFT - 1))) >> packed.SHIFT) - packed.OFFSET).clamp_(min=0)
-        return torch.where(code > 0, (code + packed.OFFSET) << packed.SHIFT, 0).to(torch.int32).view(torch.float32)
+    if storage == "p16near":  # m2n2_core.packed's blocks, each entry rounded to the nearest multiple of its quantum
+        quantum = packed.quanta(balanced)
+        return torch.where(quantum > 0, (balanced / quantum).round().clamp(max=2 ** packed.MANTISSA_BITS - 1) * quantum,
+                           0.0)
     if storage == "bf16":
         return balanced.bfloat16().float()
     if storage == "f16":
@@ -65,9 +62,9 @@ def rounded(balanced: torch.Tensor, storage: str) -> torch.Tensor:
 
 
 def shared_chains(matrix: torch.Tensor):
-    """``markov_maps`` for the predictor that runs each chain on the fp32 ``matrix`` (without a subspace) once: the
-    exact path's chain there is the fast path's bit for bit (the same torch product, one click at a time), so "exact"
-    gets the reference's arrival times instead of re-running them. Checked again on each image's first repeat."""
+    """``markov_maps`` that runs each chain on the fp32 ``matrix`` (without a subspace) once: the fast path's chain there
+    is the exact path's bit for bit (the same torch product, one click at a time), so storage "fp32" gets the
+    reference's arrival times instead of re-running them. Checked again on each image's first repeat."""
     memo, checked = {}, []
 
     def run(transition, starts, *args):
@@ -114,35 +111,33 @@ def main(argv=None):
     torch.set_num_threads(1)
     for stem in stems:
         image, gt, ignore = load_sample(stem)
-        cfg = M2N2Config(attention="affinity" if source == "affinity" else "sd", attention_resolution=r, device="cpu",
-                         subspace_max_resolution=0)
+        source_cfg = dict(attention="affinity" if source == "affinity" else "sd", attention_resolution=r, device="cpu")
+        cfg = M2N2Config(**source_cfg, subspace_max_resolution=0)
         raw = make_source(cfg, "cpu").compute(image) if source == "affinity" else sd_like_attention(image, r)
         bal = balance(torch.as_tensor(raw).reshape(r * r, r * r).float(), cfg.temperature, cfg.balancing_iterations)
-        prepared = PreparedImage(image, Transition.exact(bal), cfg)
-        predictor_module.markov_maps = shared_chains(prepared.transition.matrix)
+        reference = PreparedImage(image, Transition.exact(bal), cfg.replace(exact=True))
+        predictor_module.markov_maps = shared_chains(reference.transition.matrix)
         clicks, pred, exact_masks = [], np.zeros_like(gt), []
         for _ in range(CLICKS):
             clicks.append(next_click(gt, pred, clicks, ignore))
-            pred = prepared.predict([(x, y) for y, x, _ in clicks], [int(p) for _, _, p in clicks])
+            pred = reference.predict([(x, y) for y, x, _ in clicks], [int(p) for _, _, p in clicks])
             exact_masks.append(pred)
         points = np.array([[x, y] for y, x, _ in clicks], dtype=float)
-        exact_maps = [m.distance for m in prepared.click_maps(points)]
+        exact_maps = [m.distance for m in reference.click_maps(points)]
         print(f"{stem} r={r} {source}", flush=True)
         for storage in storages:
             name, _, with_subspace = storage.partition("+")
-            if name == "exact":  # the reference method itself (direct upsampling and flood fill), same fp32 matrix
-                other = PreparedImage(image, Transition.exact(bal), cfg.replace(exact=True))
+            if name in ("16bit", "fp32"):  # the predictor's fast path (the fp32 matrix is the reference's: same chains)
+                fast_cfg = M2N2Config(**source_cfg, dense_storage=name)
+                other = PreparedImage(image, Transition.compact(bal, name), fast_cfg)
             else:
-                other = prepared
-                other.transition = Transition.exact(rounded(bal, name))
+                other = PreparedImage(image, Transition.exact(rounded(bal, name)), cfg)
                 other.subspace = slow_subspace(other.transition.matrix) if with_subspace == "sub" else None
-                other.clear_cache()
             ious = [iou(other.predict([(x, y) for y, x, _ in clicks[:k]], [int(p) for _, _, p in clicks[:k]]),
                         exact_masks[k - 1]) for k in range(1, CLICKS + 1)]
             change = max(float(np.abs(m.distance - e).max()) for m, e in zip(other.click_maps(points), exact_maps))
             print(f"  {storage:8s} min IoU {min(ious):.4f}  max |ΔD| {change:.2e}  per click "
                   + " ".join(f"{v:.4f}" for v in ious), flush=True)
-
 
 if __name__ == "__main__":
     main()

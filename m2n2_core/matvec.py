@@ -2,11 +2,14 @@
 in fp32, compiled for the CPU.
 
 The columns are split over ``torch.get_num_threads()`` threads that run the kernel without the GIL. The kernel walks
-the matrix rows four at a time, so its accumulator is loaded and stored once per four rows, skips rows where every p is
-0, and decodes 256 columns of those rows at a time into a buffer that stays in L1. It reads half the bytes of an fp32
-step: 1.8 ms for a 4096² matrix on the 2-core build machine, where torch's fp32 ``p @ A`` takes 3.3 ms
-(benchmarks/RESULTS.md). Off the CPU the codes are decoded and torch multiplies. (A compiled fp32 kernel of the same
-shape was only 1.1× faster than torch, and a compiled CSR kernel slower than torch's, so fp32 and CSR steps use torch.)
+the matrix rows a block (8 rows, one shared exponent per column) at a time, so its accumulator is loaded and stored
+once per 8 rows, skips blocks where every p is 0, and per column rebuilds the block's scale from the codes' top bits
+and sums the 8 rows' 15-bit values weighted by p: vertical vector operations only. The fp32 accumulator takes 256
+rows at a time; their sums are added up in fp64, since one fp32 sum over all N rows drifts by more than the 16-bit
+storage's own error (see ``transition``). It reads half the bytes of an fp32 step (benchmarks/RESULTS.md,
+`bench_matvec.py`). Off the CPU the codes are decoded and torch multiplies. (A compiled
+fp32 kernel of the same shape was only 1.1× faster than torch, and a compiled CSR kernel slower than torch's, so fp32
+and CSR steps use torch.)
 """
 from __future__ import annotations
 
@@ -15,56 +18,70 @@ import numpy as np
 import torch
 
 from . import threads
-from .packed import OFFSET, SHIFT, decode
+from .packed import BLOCK, decode
 
-_GROUP = 4     # matrix rows per pass over the accumulator
-_CHUNK = 256   # columns decoded at a time by the 16-bit kernel
+_CHUNK = 512   # columns per pass (their scales stay in L1)
+_STRIPE = 256  # rows summed in fp32 before their sum joins the fp64 total
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True)
 def _packed_columns(codes, p, out, j0, j1):  # pragma: no cover - compiled
-    """out[:, j0:j1] = p @ decode(codes)[:, j0:j1], accumulated in fp32."""
+    """out[:, j0:j1] = p @ decode(codes)[:, j0:j1]: fp32 sums over stripes of 256 rows, added up in fp64."""
     k, n = p.shape
+    total = np.zeros((k, j1 - j0), dtype=np.float64)
     acc = np.zeros((k, j1 - j0), dtype=np.float32)
-    w = np.zeros((k, _GROUP), dtype=np.float32)
-    bits = np.zeros((_GROUP, _CHUNK), dtype=np.uint32)
-    values = bits.view(np.float32)
-    v0, v1, v2, v3 = values[0], values[1], values[2], values[3]
-    offset, shift = np.uint32(OFFSET), np.uint32(SHIFT)
-    for i in range(0, n, _GROUP):
-        rows = min(_GROUP, n - i)
+    w = np.zeros((k, BLOCK), dtype=np.float32)
+    fields = np.zeros(_CHUNK, dtype=np.int32)
+    scales = fields.view(np.float32)
+    one, low = np.int32(1), np.int32(0x7FFF)
+    for i in range(0, codes.shape[0], BLOCK):
+        if i % _STRIPE == 0 and i > 0:
+            _flush(acc, total)
         w[:] = 0.0
         active = False
         for c in range(k):
-            for q in range(rows):
+            for q in range(min(BLOCK, n - i)):
                 w[c, q] = p[c, i + q]
                 active |= w[c, q] != 0.0
         if not active:
             continue
-        for s in range(0, j1 - j0, _CHUNK):
-            e = min(s + _CHUNK, j1 - j0)
-            for q in range(_GROUP):  # decode this chunk of the group's rows; missing rows of the last group are 0
-                b = bits[q]
-                if q < rows:
-                    row = codes[i + q, j0 + s:j0 + e]
-                    for j in range(e - s):
-                        code = np.uint32(row[j])
-                        b[j] = ((code + offset) << shift) if code != 0 else np.uint32(0)
-                else:
-                    b[:] = 0
+        for s in range(j0, j1, _CHUNK):
+            m = min(_CHUNK, j1 - s)
+            r0, r1, r2, r3 = codes[i, s:s + m], codes[i + 1, s:s + m], codes[i + 2, s:s + m], codes[i + 3, s:s + m]
+            r4, r5, r6, r7 = codes[i + 4, s:s + m], codes[i + 5, s:s + m], codes[i + 6, s:s + m], codes[i + 7, s:s + m]
+            for j in range(m):  # the block's scale per column: bit t of its exponent field is bit 15 of row t
+                fields[j] = (((np.int32(r0[j]) >> 15) & one) | (((np.int32(r1[j]) >> 15) & one) << 1)
+                             | (((np.int32(r2[j]) >> 15) & one) << 2) | (((np.int32(r3[j]) >> 15) & one) << 3)
+                             | (((np.int32(r4[j]) >> 15) & one) << 4) | (((np.int32(r5[j]) >> 15) & one) << 5)
+                             | (((np.int32(r6[j]) >> 15) & one) << 6) | (((np.int32(r7[j]) >> 15) & one) << 7)) << 23
             for c in range(k):
-                w0, w1, w2, w3 = w[c, 0], w[c, 1], w[c, 2], w[c, 3]
-                t = acc[c][s:e]
-                for j in range(e - s):
-                    t[j] += w0 * v0[j] + w1 * v1[j] + w2 * v2[j] + w3 * v3[j]
-    out[:, j0:j1] = acc
+                w0, w1, w2, w3, w4, w5, w6, w7 = w[c, 0], w[c, 1], w[c, 2], w[c, 3], w[c, 4], w[c, 5], w[c, 6], w[c, 7]
+                t = acc[c, s - j0:s - j0 + m]
+                for j in range(m):
+                    t[j] += scales[j] * ((w0 * np.float32(np.int32(r0[j]) & low) + w1 * np.float32(np.int32(r1[j]) & low)
+                                          + w2 * np.float32(np.int32(r2[j]) & low) + w3 * np.float32(np.int32(r3[j]) & low))
+                                         + (w4 * np.float32(np.int32(r4[j]) & low) + w5 * np.float32(np.int32(r5[j]) & low)
+                                            + w6 * np.float32(np.int32(r6[j]) & low) + w7 * np.float32(np.int32(r7[j]) & low)))
+    _flush(acc, total)
+    out[:, j0:j1] = total
+
+
+@numba.njit(nogil=True, cache=True)
+def _flush(acc, total):  # pragma: no cover - compiled
+    """total += acc; acc = 0."""
+    for c in range(acc.shape[0]):
+        a, t = acc[c], total[c]
+        for j in range(a.shape[0]):
+            t[j] += a[j]
+            a[j] = 0.0
 
 
 def packed_product(codes: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """``p @ packed.decode(codes)`` for fp32 row vectors p (k×N), accumulated in fp32."""
+    """``p @ packed.decode(codes)`` for fp32 row vectors p (k×N), to fp32 precision (partial sums in fp32, their total
+    in fp64)."""
     if codes.device.type != "cpu":
         return p @ decode(codes)
     pn = np.ascontiguousarray(p.detach().numpy(), dtype=np.float32)
     out = np.empty((pn.shape[0], codes.shape[1]), dtype=np.float32)
-    threads.over_range(_packed_columns, codes.shape[1], codes.numpy().view(np.uint16), pn, out)
+    threads.over_range(_packed_columns, codes.shape[1], codes.numpy(), pn, out)
     return torch.from_numpy(out)

@@ -3,14 +3,13 @@
 ``exact`` keeps the dense fp32 matrix (the spec's direct method). The compact form (the fast default) keeps a sparse
 matrix exactly, as CSR of its nonzero entries (fp32 values), when that takes at most half the bytes of dense fp32 (the
 weight-free source: 1–13 % nonzeros). A matrix without that many zeros (SD attention) is stored densely in 16 bits per
-entry (``m2n2_core.packed``: half the bytes, rounded with bounded error diffusion so that products with the chain's
-smooth vectors stay accurate; fp32 accumulation), or in fp32 (exact); ``M2N2Config.dense_storage`` picks which.
-Measured against exact on SD-like attention (benchmarks/RESULTS.md): 16-bit masks at IoU ≥ 0.99 on all 50 GrabCut
-images at r = 32 and 64, but at r = 128 GrabCut's 376043 falls to 0.977 (24 other images ≥ 0.998), so by default
-("auto") only r ≤ 64 is stored in 16 bits. Measured and rejected: nearest rounding to the same 16 bits (IoU 0.93 on one
-image), unbounded error diffusion (0.98 on one), bf16 (0.93), and dropping the smallest entries of each row up to a
-mass budget (IoU 0.71 at 10⁻⁵ of the row mass). A step returns p·A up to a positive factor, which the chain's max
-normalisation removes.
+entry (``m2n2_core.packed``: half the bytes; block floating point, 8 rows of a column sharing an exponent, 15-bit
+values rounded with bounded error diffusion so that products with the chain's smooth vectors stay accurate; fp32
+accumulation), or in fp32 (exact); ``M2N2Config.dense_storage`` picks which. Measured against exact on SD-like
+attention: benchmarks/RESULTS.md ("Chain storage"). Measured and rejected there: an earlier 16-bit float per entry
+(5-bit exponent, 11-bit mantissa: IoU 0.977 on GrabCut's 376043 at r = 128), nearest rounding, unbounded error
+diffusion, bf16, and dropping the smallest entries of each row up to a mass budget. A step returns p·A up to a positive
+factor, which the chain's max normalisation removes.
 """
 from __future__ import annotations
 
@@ -29,13 +28,13 @@ class Transition:
 
     def __init__(self, matrix: torch.Tensor, kind: str):
         self.matrix = matrix
-        # "dense32" (stores A), "packed16" (stores A's 16-bit codes), "csr" (stores Aᵀ) or "dense64" (A in fp64: its
+        # "dense32" (stores A), "packed16" (A's 16-bit codes), "csr" (stores Aᵀ) or "dense64" (A in fp64: its
         # chains run in fp64, a yardstick for the others' rounding)
         self.kind = kind
 
     @property
     def size(self) -> int:
-        return self.matrix.shape[0]
+        return self.matrix.shape[1]  # A is N×N; 16-bit codes have their rows padded to a multiple of 8
 
     @property
     def nbytes(self) -> int:
@@ -49,6 +48,8 @@ class Transition:
             return (self.matrix @ p.T.contiguous()).T
         if self.kind == "packed16":
             return matvec.packed_product(self.matrix, p)
+        if self.kind == "dense32" and self.matrix.device.type == "cpu":
+            return _blocked_product(p, self.matrix)
         return p @ self.matrix
 
     def dense(self) -> torch.Tensor:
@@ -80,9 +81,9 @@ class Transition:
     @classmethod
     def compact(cls, balanced: torch.Tensor, dense_storage: str = "16bit") -> "Transition":
         """CSR of the nonzero entries when that needs ≤ 1/2 of the dense fp32 bytes; otherwise the dense matrix in
-        16 bits (``dense_storage="16bit"``) or exact in fp32 ("fp32"; ``M2N2Config.dense_storage_at`` resolves "auto")."""
+        16 bits (``dense_storage="16bit"``) or exact in fp32 ("fp32")."""
         if dense_storage not in ("16bit", "fp32"):
-            raise ValueError(f"dense_storage must be '16bit' or 'fp32' here, not {dense_storage!r}")
+            raise ValueError(f"dense_storage must be '16bit' or 'fp32', not {dense_storage!r}")
         n = balanced.shape[0]
         nnz = int(torch.count_nonzero(balanced))  # entries are ≥ 0; (balanced > 0).sum() takes 50× longer
         if nnz * _CSR_BYTES_PER_ENTRY + 4 * (n + 1) <= _CSR_MAX_FRACTION * 4 * n * n:  # values, columns, row pointers
@@ -90,6 +91,23 @@ class Transition:
         if dense_storage == "16bit":
             return cls(packed.encode(balanced), "packed16")
         return cls.exact(balanced)
+
+
+_BLOCK_ROWS = 256  # rows per fp32 partial sum of a dense fp32 step on the CPU
+
+
+def _blocked_product(p: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """``p @ a`` (fp32) as fp32 partial sums over blocks of 256 rows of ``a``, added up in fp64, at the speed of torch's
+    product. Torch's CPU product sums all N rows in one fp32 sum, which on a chain's smooth vector at r = 128 is off by
+    up to 1.8·10⁻⁵ relative and biased low by 1.1·10⁻⁵ (small terms lost against a large sum, unevenly over the
+    columns), more than the 16-bit storage's own error; the blocked sum stays within 2.3·10⁻⁷ (benchmarks/RESULTS.md)."""
+    k, n = p.shape
+    main = n - n % _BLOCK_ROWS
+    blocks = p[:, :main].reshape(k, main // _BLOCK_ROWS, _BLOCK_ROWS).transpose(0, 1)
+    out = torch.bmm(blocks, a[:main].reshape(main // _BLOCK_ROWS, _BLOCK_ROWS, a.shape[1])).sum(0, dtype=torch.float64)
+    if main < n:
+        out += (p[:, main:] @ a[main:]).to(torch.float64)
+    return out.to(torch.float32)
 
 
 def _csr_of_transpose(a: torch.Tensor) -> torch.Tensor:

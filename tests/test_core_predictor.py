@@ -263,27 +263,23 @@ def test_fast_transition_matches_the_exact_chain(case, storage):
     assert min(iou(a, b) for a, b in zip(exact, fast)) >= 0.99
 
 
-def test_auto_storage_keeps_dense_matrices_in_16_bits_only_up_to_the_measured_resolution(monkeypatch):
-    """"auto" (the default) stores SD-like attention in 16 bits at r ≤ 64, where its masks were measured to agree with
-    exact on every GrabCut image, and exactly in fp32 above (at r = 128 one image fell below the bound)."""
-    assert M2N2Config.dense_storage == "auto"
-    assert [M2N2Config().dense_storage_at(r) for r in (8, 64, 65, 128)] == ["16bit", "16bit", "fp32", "fp32"]
-    assert M2N2Config(dense_storage="16bit").dense_storage_at(128) == "16bit"
-    assert M2N2Config(dense_storage="fp32").dense_storage_at(8) == "fp32"
+def test_dense_attention_is_stored_in_16_bits_by_default():
+    """The default stores SD-like attention in 16 bits (its masks were measured to agree with exact on every GrabCut
+    image at r = 32, 64 and 128); "fp32" keeps the exact matrix."""
+    assert M2N2Config.dense_storage == "16bit"
     img, att = attention_for("smooth-sd-like")
 
-    def kind():
-        p = M2N2Predictor(M2N2Config(attention_resolution=R), device="cpu")
+    def kind(**changes):
+        p = M2N2Predictor(M2N2Config(attention_resolution=R, **changes), device="cpu")
         p.set_attention(img, att)
         return p.prepared.transition.kind
 
     assert kind() == "packed16"
-    monkeypatch.setattr("m2n2_core.config.AUTO_16BIT_MAX_RESOLUTION", R - 1)
-    assert kind() == "dense32"
+    assert kind(dense_storage="fp32") == "dense32"
 
 
 def test_unknown_dense_storage_is_rejected():
-    with pytest.raises(ValueError, match="dense_storage must be 'auto', 'fp32' or '16bit'"):
+    with pytest.raises(ValueError, match="dense_storage must be '16bit' or 'fp32'"):
         M2N2Config(dense_storage="fp16")
 
 
