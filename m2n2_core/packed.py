@@ -20,6 +20,7 @@ from . import threads
 
 BLOCK = 8          # rows sharing an exponent (one bit of it per row)
 MANTISSA_BITS = 15
+_DECODE_ROWS = 1024  # a multiple of BLOCK
 
 
 def padded_rows(n: int) -> int:
@@ -97,9 +98,14 @@ def quanta(matrix: torch.Tensor) -> torch.Tensor:
 
 
 def decode(codes: torch.Tensor) -> torch.Tensor:
-    """The N×N fp32 matrix the codes stand for (on the codes' device)."""
+    """The N×N fp32 matrix the codes stand for (on the codes' device; decoded 1024 rows at a time, so the only large
+    allocation is the result)."""
     rows, n = codes.shape
-    c = (codes.to(torch.int32) & 0xFFFF).reshape(rows // BLOCK, BLOCK, n)
+    out = torch.empty(rows, n, dtype=torch.float32, device=codes.device)
     bit = torch.arange(BLOCK, dtype=torch.int32, device=codes.device)[:, None]
-    field = ((c >> 15) << bit).sum(1, keepdim=True, dtype=torch.int32)
-    return ((c & 0x7FFF).to(torch.float32) * (field << 23).view(torch.float32)).reshape(rows, n)[:n]
+    for start in range(0, rows, _DECODE_ROWS):
+        c = (codes[start:start + _DECODE_ROWS].to(torch.int32) & 0xFFFF).reshape(-1, BLOCK, n)
+        field = ((c >> 15) << bit).sum(1, keepdim=True, dtype=torch.int32)
+        values = (c & 0x7FFF).to(torch.float32) * (field << 23).view(torch.float32)
+        out[start:start + _DECODE_ROWS] = values.reshape(-1, n)
+    return out[:n]
