@@ -1,11 +1,16 @@
 """Agreement of chain storages with the exact method: the measurement behind the choice of storage.
 
-For each GrabCut image (resized to 854×480) it balances the attention, simulates 5 RITM clicks on the reference
-(``M2N2Config(exact=True)``: the spec's direct method on the dense fp32 matrix), then replays them on the fast path with
-the matrix in another storage, and prints the IoU of the masks after every click and the largest change of any click's
-distance map.
+For each GrabCut image (resized to 854×480) it balances the attention, simulates 5 (or the given number of) RITM
+clicks on the reference (``M2N2Config(exact=True)``: the spec's direct method on the dense fp32 matrix), then replays
+them on the fast path with the matrix in another storage, and prints the IoU of the masks after every click and the
+largest change of any click's distance map.
 
-    python benchmarks/storage_sweep.py 128 sd-like 124080,21077,banana1 16bit,fp32,p16near
+    python benchmarks/storage_sweep.py 128 sd-like 124080,21077,banana1 16bit,fp32,p16near [clicks [reference]]
+
+clicks: 5 by default. reference: "exact" (default) or "fp32", a cheaper stand-in: the fast path on the fp32 matrix
+without the subspace, which runs the exact path's chains bit for bit and replaces only its direct bilateral filter and
+reconstruction flood fill by the JBU operator (equal to 2·10⁻⁶, tests/test_core_upsampling.py) and the compiled
+priority flood (bit-equal, tests/test_core_floodfill.py), saving ≈ 8 s per click at r = 64.
 
 Storages: 16bit and fp32 are the fast path as the predictor builds it with that ``dense_storage`` (m2n2_core.packed:
 16-bit block floating point with error diffusion / the fp32 matrix; the slow-mode subspace at r ≤ 64 as by default).
@@ -105,9 +110,11 @@ def mass_cutoff_mask(a: torch.Tensor, epsilon: float, bins: int = 256, chunk: in
 
 def main(argv=None):
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 4:
+    if len(args) not in (4, 5, 6) or (len(args) == 6 and args[5] not in ("exact", "fp32")):
         raise SystemExit(__doc__)
     r, source, stems, storages = int(args[0]), args[1], args[2].split(","), args[3].split(",")
+    n_clicks = int(args[4]) if len(args) >= 5 else CLICKS
+    exact_reference = len(args) < 6 or args[5] == "exact"
     torch.set_num_threads(1)
     for stem in stems:
         image, gt, ignore = load_sample(stem)
@@ -115,10 +122,10 @@ def main(argv=None):
         cfg = M2N2Config(**source_cfg, subspace_max_resolution=0)
         raw = make_source(cfg, "cpu").compute(image) if source == "affinity" else sd_like_attention(image, r)
         bal = balance(torch.as_tensor(raw).reshape(r * r, r * r).float(), cfg.temperature, cfg.balancing_iterations)
-        reference = PreparedImage(image, Transition.exact(bal), cfg.replace(exact=True))
+        reference = PreparedImage(image, Transition.exact(bal), cfg.replace(exact=exact_reference))
         predictor_module.markov_maps = shared_chains(reference.transition.matrix)
         clicks, pred, exact_masks = [], np.zeros_like(gt), []
-        for _ in range(CLICKS):
+        for _ in range(n_clicks):
             clicks.append(next_click(gt, pred, clicks, ignore))
             pred = reference.predict([(x, y) for y, x, _ in clicks], [int(p) for _, _, p in clicks])
             exact_masks.append(pred)
@@ -134,7 +141,7 @@ def main(argv=None):
                 other = PreparedImage(image, Transition.exact(rounded(bal, name)), cfg)
                 other.subspace = slow_subspace(other.transition.matrix) if with_subspace == "sub" else None
             ious = [iou(other.predict([(x, y) for y, x, _ in clicks[:k]], [int(p) for _, _, p in clicks[:k]]),
-                        exact_masks[k - 1]) for k in range(1, CLICKS + 1)]
+                        exact_masks[k - 1]) for k in range(1, n_clicks + 1)]
             change = max(float(np.abs(m.distance - e).max()) for m, e in zip(other.click_maps(points), exact_maps))
             print(f"  {storage:8s} min IoU {min(ious):.4f}  max |ΔD| {change:.2e}  per click "
                   + " ".join(f"{v:.4f}" for v in ious), flush=True)

@@ -81,7 +81,7 @@ class Transition:
     @classmethod
     def compact(cls, balanced: torch.Tensor, dense_storage: str = "16bit") -> "Transition":
         """CSR of the nonzero entries when that needs ≤ 1/2 of the dense fp32 bytes; otherwise the dense matrix in
-        16 bits (``dense_storage="16bit"``) or exact in fp32 ("fp32")."""
+        16 bits (``dense_storage="16bit"``) or exact in fp32 ("fp32"; ``M2N2Config.dense_storage_at`` resolves "auto")."""
         if dense_storage not in ("16bit", "fp32"):
             raise ValueError(f"dense_storage must be '16bit' or 'fp32', not {dense_storage!r}")
         n = balanced.shape[0]
