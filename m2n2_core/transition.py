@@ -4,12 +4,13 @@
 matrix exactly, as CSR of its nonzero entries (fp32 values), when that takes at most half the bytes of dense fp32 (the
 weight-free source: 1–13 % nonzeros). A matrix without that many zeros (SD attention) is stored densely in 16 bits per
 entry (``m2n2_core.packed``: half the bytes; block floating point, 8 rows of a column sharing an exponent, 15-bit
-values rounded with bounded error diffusion so that products with the chain's smooth vectors stay accurate; fp32
-accumulation), or in fp32 (exact); ``M2N2Config.dense_storage`` picks which. Measured against exact on SD-like
-attention: benchmarks/RESULTS.md ("Chain storage"). Measured and rejected there: an earlier 16-bit float per entry
-(5-bit exponent, 11-bit mantissa: IoU 0.977 on GrabCut's 376043 at r = 128), nearest rounding, unbounded error
-diffusion, bf16, and dropping the smallest entries of each row up to a mass budget. A step returns p·A up to a positive
-factor, which the chain's max normalisation removes.
+values rounded with bounded error diffusion so that products with the chain's smooth vectors stay accurate), or in
+fp32 (exact); ``M2N2Config.dense_storage`` picks which (by default 16 bits from r = 128 on: measured against exact on
+SD-like attention in benchmarks/RESULTS.md, "Chain storage"). Every dense step on the CPU sums blocks of rows in fp32
+and the blocks in fp64 (``_blocked_product``, ``m2n2_core.matvec``). Measured and rejected: an earlier 16-bit float
+per entry (5-bit exponent, 11-bit mantissa: IoU 0.977 on GrabCut's 376043 at r = 128), nearest rounding, unbounded
+error diffusion, bf16, and dropping the smallest entries of each row up to a mass budget. A step returns p·A up to a
+positive factor, which the chain's max normalisation removes.
 """
 from __future__ import annotations
 
@@ -100,7 +101,7 @@ def _blocked_product(p: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """``p @ a`` (fp32) as fp32 partial sums over blocks of 256 rows of ``a``, added up in fp64, at the speed of torch's
     product. Torch's CPU product sums all N rows in one fp32 sum, which on a chain's smooth vector at r = 128 is off by
     up to 1.8·10⁻⁵ relative and biased low by 1.1·10⁻⁵ (small terms lost against a large sum, unevenly over the
-    columns), more than the 16-bit storage's own error; the blocked sum stays within 2.3·10⁻⁷ (benchmarks/RESULTS.md)."""
+    columns), more than the 16-bit storage's own error; the blocked sum stays within about 10⁻⁶ (benchmarks/RESULTS.md)."""
     k, n = p.shape
     main = n - n % _BLOCK_ROWS
     blocks = p[:, :main].reshape(k, main // _BLOCK_ROWS, _BLOCK_ROWS).transpose(0, 1)
