@@ -13,9 +13,9 @@ reconstruction flood fill by the JBU operator (equal to 2·10⁻⁶, tests/test_
 priority flood (bit-equal, tests/test_core_floodfill.py), saving ≈ 8 s per click at r = 64.
 
 Storages: 16bit and fp32 are the fast path as the predictor builds it with that ``dense_storage`` (m2n2_core.packed:
-16-bit block floating point with error diffusion / the fp32 matrix; the slow-mode subspace at r ≤ 64 as by default).
-The others run the fast path on an fp32 copy of the matrix rounded as named: p16near (m2n2_core.packed's blocks and
-quanta, rounded to nearest), bf16, f16 (plain fp16), f16row (fp16 after scaling each row by its max), eps=<x> (drop per
+16-bit floats under a shared exponent, with error diffusion / the fp32 matrix; the slow-mode subspace at r ≤ 64 as by default).
+The others run the fast path on an fp32 copy of the matrix rounded as named: p16near (m2n2_core.packed's codes,
+rounded to nearest), bf16, f16 (plain fp16), f16row (fp16 after scaling each row by its max), eps=<x> (drop per
 row the smallest entries carrying ≤ x of the mass, as the fast path once did before storing CSR), noise=<x> (uniform
 random relative perturbations of up to ±x: how sensitive an image's masks are at all); a suffix "+sub" (e.g.
 p16near+sub) also runs each chain's tail in the matrix's slow-mode subspace (m2n2_core.subspace).
@@ -47,10 +47,8 @@ CLICKS = 5
 
 def rounded(balanced: torch.Tensor, storage: str) -> torch.Tensor:
     """The fp32 matrix a chain on ``storage`` effectively multiplies with."""
-    if storage == "p16near":  # m2n2_core.packed's blocks, each entry rounded to the nearest multiple of its quantum
-        quantum = packed.quanta(balanced)
-        return torch.where(quantum > 0, (balanced / quantum).round().clamp(max=2 ** packed.MANTISSA_BITS - 1) * quantum,
-                           0.0)
+    if storage == "p16near":  # m2n2_core.packed's codes, each entry rounded to its nearest code
+        return packed.decode(packed.encode(balanced, diffuse=False))
     if storage == "bf16":
         return balanced.bfloat16().float()
     if storage == "f16":

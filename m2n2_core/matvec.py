@@ -3,8 +3,9 @@ in fp32, compiled for the CPU.
 
 The columns are split over ``torch.get_num_threads()`` threads that run the kernel without the GIL. The kernel walks
 the matrix rows a block (8 rows, one shared exponent per column) at a time, so its accumulator is loaded and stored
-once per 8 rows, skips blocks where every p is 0, and per column rebuilds the block's scale from the codes' top bits
-and sums the 8 rows' 15-bit values weighted by p: vertical vector operations only. The fp32 accumulator takes 256
+once per 8 rows, skips blocks where every p is 0, and per column rebuilds the block's exponent field from the codes'
+top bits, turns each of the 8 codes into an fp32 number by an integer shift and add, and sums them weighted by p, less
+the block's unit times the sum of the 8 weights: vertical vector operations only. The fp32 accumulator takes 256
 rows at a time; their sums are added up in fp64, since one fp32 sum over all N rows drifts by more than the 16-bit
 storage's own error (see ``transition``). It reads half the bytes of an fp32 step (benchmarks/RESULTS.md,
 `bench_matvec.py`). Off the CPU the codes are decoded and torch multiplies. (A compiled
@@ -18,9 +19,9 @@ import numpy as np
 import torch
 
 from . import threads
-from .packed import BLOCK, decode
+from .packed import BLOCK, SHIFT, decode
 
-_CHUNK = 512   # columns per pass (their scales stay in L1)
+_CHUNK = 512   # columns per pass (their exponent fields stay in L1)
 _STRIPE = 256  # rows summed in fp32 before their sum joins the fp64 total
 
 
@@ -32,8 +33,8 @@ def _packed_columns(codes, p, out, j0, j1):  # pragma: no cover - compiled
     acc = np.zeros((k, j1 - j0), dtype=np.float32)
     w = np.zeros((k, BLOCK), dtype=np.float32)
     fields = np.zeros(_CHUNK, dtype=np.int32)
-    scales = fields.view(np.float32)
-    one, low = np.int32(1), np.int32(0x7FFF)
+    units = fields.view(np.float32)  # h per column
+    one = np.int32(1)
     for i in range(0, codes.shape[0], BLOCK):
         if i % _STRIPE == 0 and i > 0:
             _flush(acc, total)
@@ -49,21 +50,28 @@ def _packed_columns(codes, p, out, j0, j1):  # pragma: no cover - compiled
             m = min(_CHUNK, j1 - s)
             r0, r1, r2, r3 = codes[i, s:s + m], codes[i + 1, s:s + m], codes[i + 2, s:s + m], codes[i + 3, s:s + m]
             r4, r5, r6, r7 = codes[i + 4, s:s + m], codes[i + 5, s:s + m], codes[i + 6, s:s + m], codes[i + 7, s:s + m]
-            for j in range(m):  # the block's scale per column: bit t of its exponent field is bit 15 of row t
+            for j in range(m):  # the block's exponent field per column: bit t of it is bit 15 of row t
                 fields[j] = (((np.int32(r0[j]) >> 15) & one) | (((np.int32(r1[j]) >> 15) & one) << 1)
                              | (((np.int32(r2[j]) >> 15) & one) << 2) | (((np.int32(r3[j]) >> 15) & one) << 3)
                              | (((np.int32(r4[j]) >> 15) & one) << 4) | (((np.int32(r5[j]) >> 15) & one) << 5)
                              | (((np.int32(r6[j]) >> 15) & one) << 6) | (((np.int32(r7[j]) >> 15) & one) << 7)) << 23
             for c in range(k):
                 w0, w1, w2, w3, w4, w5, w6, w7 = w[c, 0], w[c, 1], w[c, 2], w[c, 3], w[c, 4], w[c, 5], w[c, 6], w[c, 7]
+                weight = w0 + w1 + w2 + w3 + w4 + w5 + w6 + w7
                 t = acc[c, s - j0:s - j0 + m]
-                for j in range(m):
-                    t[j] += scales[j] * ((w0 * np.float32(np.int32(r0[j]) & low) + w1 * np.float32(np.int32(r1[j]) & low)
-                                          + w2 * np.float32(np.int32(r2[j]) & low) + w3 * np.float32(np.int32(r3[j]) & low))
-                                         + (w4 * np.float32(np.int32(r4[j]) & low) + w5 * np.float32(np.int32(r5[j]) & low)
-                                            + w6 * np.float32(np.int32(r6[j]) & low) + w7 * np.float32(np.int32(r7[j]) & low)))
+                for j in range(m):  # entry = h·2^e·(1 + m/2¹²) − h: its bits shifted onto the block's exponent field
+                    f = fields[j]
+                    t[j] += (((w0 * _bits(r0[j], f) + w1 * _bits(r1[j], f)) + (w2 * _bits(r2[j], f) + w3 * _bits(r3[j], f)))
+                             + ((w4 * _bits(r4[j], f) + w5 * _bits(r5[j], f)) + (w6 * _bits(r6[j], f) + w7 * _bits(r7[j], f)))
+                             - weight * units[j])
     _flush(acc, total)
     out[:, j0:j1] = total
+
+
+@numba.njit(inline="always")
+def _bits(code, field):  # pragma: no cover - compiled
+    """h·2^e·(1 + m/2¹²) of a 16-bit code, given its block's exponent field (shifted to fp32's exponent bits)."""
+    return np.int32(((np.int32(code) & np.int32(0x7FFF)) << np.int32(SHIFT)) + field).view(np.float32)
 
 
 @numba.njit(nogil=True, cache=True)
