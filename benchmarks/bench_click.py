@@ -55,7 +55,7 @@ def load_sample(name: str, size=(854, 480)):
     return image, gt_raw == 255, gt_raw == 128
 
 
-def prepare(image, r, attention, exact, device, dense_storage="auto", subspace_max_resolution=None):
+def prepare(image, r, attention, exact, device, dense_storage="16bit", subspace_max_resolution=None):
     config = M2N2Config(attention="affinity" if attention == "affinity" else "sd", attention_resolution=r,
                         exact=exact, device=device, dense_storage=dense_storage)
     if subspace_max_resolution is not None:
@@ -119,7 +119,7 @@ def main(argv=None):
     ap.add_argument("--image", default="124080", help="GrabCut image stem")
     ap.add_argument("--clicks", type=int, default=10)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dense-storage", choices=DENSE_STORAGES, default="auto",
+    ap.add_argument("--dense-storage", choices=DENSE_STORAGES, default=M2N2Config.dense_storage,
                     help="the fast path's storage of a dense matrix (M2N2Config.dense_storage)")
     ap.add_argument("--subspace-max-resolution", type=int, default=M2N2Config.subspace_max_resolution,
                     help="M2N2Config.subspace_max_resolution of the fast path (0: no slow-mode subspace)")

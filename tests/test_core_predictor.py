@@ -263,13 +263,9 @@ def test_fast_transition_matches_the_exact_chain(case, storage):
     assert min(iou(a, b) for a, b in zip(exact, fast)) >= 0.99
 
 
-def test_auto_storage_keeps_dense_matrices_in_16_bits_from_the_measured_resolution_on(monkeypatch):
-    """"auto" (the default) stores SD-like attention in 16 bits from r = 128 on, where its masks were measured to agree
-    with exact on every GrabCut image, and exactly in fp32 below (at r = 64 one image fell below the bound)."""
-    assert M2N2Config.dense_storage == "auto"
-    assert [M2N2Config().dense_storage_at(r) for r in (8, 64, 127, 128, 160)] == ["fp32"] * 3 + ["16bit"] * 2
-    assert M2N2Config(dense_storage="16bit").dense_storage_at(8) == "16bit"
-    assert M2N2Config(dense_storage="fp32").dense_storage_at(128) == "fp32"
+def test_dense_matrices_are_stored_in_16_bits_by_default_and_in_fp32_on_request():
+    """16 bits is the default: its masks were measured to agree with exact on every GrabCut image at r = 32, 64, 128."""
+    assert M2N2Config.dense_storage == "16bit"
     img, att = attention_for("smooth-sd-like")
 
     def kind(**changes):
@@ -277,14 +273,12 @@ def test_auto_storage_keeps_dense_matrices_in_16_bits_from_the_measured_resoluti
         p.set_attention(img, att)
         return p.prepared.transition.kind
 
-    assert kind() == "dense32"
-    assert kind(dense_storage="16bit") == "packed16"
-    monkeypatch.setattr("m2n2_core.config.AUTO_16BIT_MIN_RESOLUTION", R)
     assert kind() == "packed16"
+    assert kind(dense_storage="fp32") == "dense32"
 
 
 def test_unknown_dense_storage_is_rejected():
-    with pytest.raises(ValueError, match="dense_storage must be 'auto', '16bit' or 'fp32'"):
+    with pytest.raises(ValueError, match="dense_storage must be '16bit' or 'fp32'"):
         M2N2Config(dense_storage="fp16")
 
 
