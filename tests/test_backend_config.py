@@ -99,3 +99,5 @@ def test_every_variable_is_documented_in_the_readme():
     readme = (Path(backend.config.__file__).parent / "README.md").read_text()
     assert len(read) >= 25 and {v for v in read if f"`{v}`" not in readme} == set()
     assert {v for v in read if f"`{v}`" not in backend.config.__doc__} == set()
+    rows = [line for line in backend.config.__doc__.splitlines() if line.startswith("| `")]
+    assert rows and [row for row in rows if row not in readme] == []  # the README's table says what the code does
