@@ -9,7 +9,7 @@
 | `M2N2_PRELOAD` | `0` | `1`: load the model when a worker starts and refuse to start if that fails |
 | `M2N2_LOAD_WAIT` | `60` | seconds a `/predict` waits for a model that is still loading before answering 503 |
 | `M2N2_DENSE_STORAGE` | `auto` | a dense attention matrix (SD) in `16bit` (block floating point: half the memory per cached image and a faster chain; masks agree with exact at IoU ≥ 0.99 on all 50 GrabCut images at r = 128 and 32, but at r = 64 GrabCut's 376043 drops to 0.989, see benchmarks/RESULTS.md), in `fp32` (the exact matrix), or `auto`: 16 bits from r = 128 on (1 GiB → 512 MiB per image), fp32 below |
-| `M2N2_SUBSPACE_MAX_RESOLUTION` | `64` | at attention resolutions up to this, a dense matrix's slowest modes are found once per image (≈ 3 s at r = 64 on 2 CPU cores) and each click's chain finishes in their subspace, several times faster (`0`: off) |
+| `M2N2_SUBSPACE_MAX_RESOLUTION` | `128` | at attention resolutions up to this, a dense matrix's slowest modes are found once per image (≈ 3 s at r = 64, ≈ 50 s at r = 128 on 2 CPU cores) and each click's chain finishes in their subspace, several times faster (`0`: off) |
 | `M2N2_CACHE_BYTES` | `4GiB` | byte budget of the per-image attention cache (LRU); suffixes K/M/G/T, KiB/MiB/GiB/TiB |
 | `M2N2_WARMUP_THREADS` | `1` | threads that precompute attention for tasks opened without clicks (`0`: off) |
 | `M2N2_WARMUP_QUEUE` | `8` | at most this many images wait for warm-up; more are skipped |
@@ -147,7 +147,7 @@ class Settings:
     attention: str = "sd"
     attention_resolution: int = 128
     dense_storage: str = "auto"
-    subspace_max_resolution: int = 64
+    subspace_max_resolution: int = 128
     preload: bool = False
     load_wait: float = 60.0
     cache_bytes: int = 4 * 1024 ** 3
@@ -196,7 +196,7 @@ class Settings:
             attention=env.get("M2N2_ATTENTION", "").strip().lower() or "sd",
             attention_resolution=_int(env, "M2N2_ATTENTION_RESOLUTION", 128, 2),
             dense_storage=env.get("M2N2_DENSE_STORAGE", "").strip().lower() or "auto",
-            subspace_max_resolution=_int(env, "M2N2_SUBSPACE_MAX_RESOLUTION", 64, 0),
+            subspace_max_resolution=_int(env, "M2N2_SUBSPACE_MAX_RESOLUTION", 128, 0),
             preload=_bool(env, "M2N2_PRELOAD", False),
             load_wait=_float(env, "M2N2_LOAD_WAIT", 60.0),
             cache_bytes=_size(env, "M2N2_CACHE_BYTES", 4 * 1024 ** 3),

@@ -4,9 +4,10 @@ same matrix, for the clicks of a simulated annotator (5 RITM clicks on the fast 
     python benchmarks/chain_precision.py 64 person1,124080
 
 Rows: "fp32 steps" (the exact path: dense fp32 p @ A, fp32 sums over blocks of rows added in fp64), "16-bit steps"
-(the compiled 16-bit product, summed the same way) and "16-bit + subspace" (the default at r ≤ 64: the chain's tail
-in the slow-mode subspace). The first is compared with an fp64 chain on the fp32 matrix, the others with an fp64
-chain on the decoded 16-bit matrix, so the numbers show the arithmetic of each chain, not the rounding of its storage.
+(the compiled 16-bit product, summed the same way) and "16-bit + subspace" (the chain's tail in the slow-mode
+subspace, as the default runs it at r = 128). The first is compared with an fp64 chain on the fp32 matrix, the others
+with an fp64 chain on the decoded 16-bit matrix, so the numbers show the arithmetic of each chain, not the rounding of
+its storage.
 """
 from __future__ import annotations
 

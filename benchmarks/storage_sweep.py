@@ -13,7 +13,7 @@ reconstruction flood fill by the JBU operator (equal to 2·10⁻⁶, tests/test_
 priority flood (bit-equal, tests/test_core_floodfill.py), saving ≈ 8 s per click at r = 64.
 
 Storages: 16bit and fp32 are the fast path as the predictor builds it with that ``dense_storage`` (m2n2_core.packed:
-16-bit block floating point with error diffusion / the fp32 matrix; the slow-mode subspace at r ≤ 64 as by default).
+16-bit block floating point with error diffusion / the fp32 matrix; the slow-mode subspace at r ≤ 128 as by default).
 The others run the fast path on an fp32 copy of the matrix rounded as named: p16near (m2n2_core.packed's blocks and
 quanta, rounded to nearest), bf16, f16 (plain fp16), f16row (fp16 after scaling each row by its max), eps=<x> (drop per
 row the smallest entries carrying ≤ x of the mass, as the fast path once did before storing CSR), noise=<x> (uniform

@@ -56,9 +56,9 @@ class M2N2Config:
     #: (≤ 64 MiB at r ≤ 64, less than the upsampling operator)
     dense_storage: str = "auto"
     #: fast path, dense matrices at r ≤ this: the slowest modes of the matrix are found once per image and each chain's
-    #: tail runs in their subspace (m2n2_core.subspace; ≈ 3 s per image at r = 64 on 2 CPU cores, then several times
-    #: faster chains); 0 turns it off
-    subspace_max_resolution: int = 64
+    #: tail runs in their subspace (m2n2_core.subspace; per image ≈ 3 s at r = 64 and 50 s at r = 128 on 2 CPU cores,
+    #: then several times faster chains); 0 turns it off
+    subspace_max_resolution: int = 128
     # --- caches ---
     distance_cache_size: int = 64          #: per-image cache of click distance maps (entries)
 

@@ -64,7 +64,7 @@ def test_fast_path_agrees_with_exact_on_grabcut_weight_free(stem):
 @pytest.mark.skipif(ROOT is None, reason="GrabCut dataset not found at ../shared/datasets/GrabCut")
 @pytest.mark.parametrize("stem", STEMS)
 def test_fast_path_agrees_with_exact_on_sd_like_attention(stem):
-    """Dense attention: the fast path's chain runs on the 16-bit storage (the default for dense matrices at r ≤ 64)."""
+    """Dense attention: the fast path's default at r = 32 (fp32 matrix, each chain's tail in the slow-mode subspace)."""
     image, gt, ignore = sample(stem)
     for k, (fast, exact) in enumerate(masks_for_clicks(image, gt, ignore, sd_like_attention(image, R)), 1):
         assert iou(fast, exact) >= 0.99, f"{stem}: click {k} IoU {iou(fast, exact):.4f}"

@@ -33,7 +33,7 @@ def test_reads_every_variable():
     cfg = s.m2n2_config()
     assert (cfg.attention, cfg.model, cfg.attention_resolution, cfg.device) == ("affinity", "/models/sd2", 32, "cpu")
     assert cfg.dense_storage == "fp32" and Settings.from_env({}).m2n2_config().dense_storage == "auto"
-    assert cfg.subspace_max_resolution == 0 and Settings.from_env({}).m2n2_config().subspace_max_resolution == 64
+    assert cfg.subspace_max_resolution == 0 and Settings.from_env({}).m2n2_config().subspace_max_resolution == 128
 
 
 @pytest.mark.parametrize("env, names", [
