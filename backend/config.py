@@ -144,10 +144,10 @@ def _label_studio_url(text: str) -> str:
 class Settings:
     model: str = DEFAULT_MODEL
     device: Optional[str] = None
-    attention: str = "sd"
-    attention_resolution: int = 128
-    dense_storage: str = "auto"
-    subspace_max_resolution: int = 128
+    attention: str = M2N2Config.attention  # the algorithm's settings default to M2N2Config's
+    attention_resolution: int = M2N2Config.attention_resolution
+    dense_storage: str = M2N2Config.dense_storage
+    subspace_max_resolution: int = M2N2Config.subspace_max_resolution
     preload: bool = False
     load_wait: float = 60.0
     cache_bytes: int = 4 * 1024 ** 3
@@ -193,10 +193,10 @@ class Settings:
         return cls(
             model=env.get("M2N2_MODEL", "").strip() or DEFAULT_MODEL,
             device=_device(env.get("M2N2_DEVICE", "")),
-            attention=env.get("M2N2_ATTENTION", "").strip().lower() or "sd",
-            attention_resolution=_int(env, "M2N2_ATTENTION_RESOLUTION", 128, 2),
-            dense_storage=env.get("M2N2_DENSE_STORAGE", "").strip().lower() or "auto",
-            subspace_max_resolution=_int(env, "M2N2_SUBSPACE_MAX_RESOLUTION", 128, 0),
+            attention=env.get("M2N2_ATTENTION", "").strip().lower() or cls.attention,
+            attention_resolution=_int(env, "M2N2_ATTENTION_RESOLUTION", cls.attention_resolution, 2),
+            dense_storage=env.get("M2N2_DENSE_STORAGE", "").strip().lower() or cls.dense_storage,
+            subspace_max_resolution=_int(env, "M2N2_SUBSPACE_MAX_RESOLUTION", cls.subspace_max_resolution, 0),
             preload=_bool(env, "M2N2_PRELOAD", False),
             load_wait=_float(env, "M2N2_LOAD_WAIT", 60.0),
             cache_bytes=_size(env, "M2N2_CACHE_BYTES", 4 * 1024 ** 3),

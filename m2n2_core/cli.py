@@ -30,10 +30,10 @@ def parse_point(text: str) -> Tuple[float, float, int]:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The options that choose and size the attention source, shared by every subcommand that builds a predictor."""
-    parser.add_argument("--attention", choices=("sd", "affinity"), default="sd",
+    parser.add_argument("--attention", choices=("sd", "affinity"), default=M2N2Config.attention,
                         help="attention source: 'sd' (Stable Diffusion 2, the paper) or 'affinity' (weight-free)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="hub id or local diffusers directory (default: %(default)s)")
-    parser.add_argument("--attention-resolution", type=int, default=128, metavar="R",
+    parser.add_argument("--attention-resolution", type=int, default=M2N2Config.attention_resolution, metavar="R",
                         help="attention grid side r (default: %(default)s)")
     parser.add_argument("--device", default=None, help="cuda, cpu, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--exact", action="store_true", help="use the direct dense reference method (slow)")

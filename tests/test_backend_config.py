@@ -101,3 +101,5 @@ def test_every_variable_is_documented_in_the_readme():
     assert {v for v in read if f"`{v}`" not in backend.config.__doc__} == set()
     rows = [line for line in backend.config.__doc__.splitlines() if line.startswith("| `")]
     assert rows and [row for row in rows if row not in readme] == []  # the README's table says what the code does
+    project_readme = (Path(backend.config.__file__).parent.parent / "README.md").read_text()
+    assert [row for row in rows if row not in project_readme] == []  # and so does the project README's copy
