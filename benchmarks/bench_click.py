@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import time
 from pathlib import Path
@@ -47,7 +48,8 @@ def cpu_name() -> str:
 
 
 def load_sample(name: str, size=(854, 480)):
-    root = ROOT.parent / "shared" / "datasets" / "GrabCut"
+    """GrabCut image ``name`` ($M2N2_DATASETS or ../shared/datasets) resized: image, object mask, ignore band."""
+    root = Path(os.environ.get("M2N2_DATASETS") or ROOT.parent / "shared" / "datasets") / "GrabCut"
     img_path = next((root / "data_GT").glob(f"{name}.*"))
     image = cv2.resize(load_image(img_path), size, interpolation=cv2.INTER_AREA)
     gt_raw = np.asarray(Image.open(root / "boundary_GT" / f"{name}.bmp").convert("L"))
@@ -97,11 +99,11 @@ def direct_map_seconds(prepared, click, steps=1000):
     the direct bilateral filter, the reconstruction flood fill and the candidates."""
     cfg, (y, x, _) = prepared.config, click
     t = time.perf_counter()
-    p = click_grid_starts([(x, y)], prepared.width, prepared.height, prepared.r)
+    p = click_grid_starts([(x, y)], prepared.width, prepared.height, prepared.r).to(prepared.transition.matrix.device)
     for _ in range(steps):
         p = prepared.transition.step(p)  # the exact path: dense fp32 (blocked torch products, see m2n2_core.transition)
         p = p / p.amax(dim=1, keepdim=True)
-    grid = p.reshape(prepared.r, prepared.r)  # stands in for the arrival map: same size, same upsampling cost
+    grid = p.reshape(prepared.r, prepared.r).cpu()  # stands in for the arrival map: same size, same upsampling cost
     m = upsample_markov_map(grid, prepared.guide, cfg.jbu_sigma_spatial, cfg.jbu_sigma_range).numpy()
     candidates(minimax_distance_reconstruction(m, y, x))
     return time.perf_counter() - t

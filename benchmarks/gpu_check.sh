@@ -11,12 +11,26 @@
 # Steps: (1) correctness of the CUDA path on a tiny SD2-shaped model (fp16 and fp32 on cuda vs fp32 on cpu);
 # (2) bench_image.py, cuda fp16, r=128, with balancing: per-image time and peak GPU memory against the targets
 # (<= 0.5 s per image including balancing, <= 6 GB = 5.59 GiB peak), and the UNet pass with vs without the early
-# stop after the last captured layer; (3) bench_click.py on cuda (chain on the GPU; upsampling, flood fill and scoring on the CPU).
-set -euo pipefail
+# stop after the last captured layer; (3) bench_click.py on cuda at r = 64 and 128 (chain on the GPU; upsampling, flood
+# fill and scoring on the CPU); (4) bench_prepare.py on cuda: per-image stages after the attention (balancing, storage,
+# slow-mode subspace, JBU operator). GrabCut for (3) and (4): $M2N2_DATASETS or ../shared/datasets (124080 suffices).
+# Each step runs under its own time limit and a failing step does not stop the others; the exit status is the number
+# of steps that failed or missed a target. Everything printed is also written to $RESULTS/gpu_check.log.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 RESULTS=${OUT:-benchmarks/results}
+export M2N2_DATASETS=${M2N2_DATASETS:-../shared/datasets} PYTHONUNBUFFERED=1
 mkdir -p "$RESULTS"
+exec > >(tee "$RESULTS/gpu_check.log") 2>&1
+failed=()
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, note a failure and go on
+  local name=$1 limit=$2 start=$SECONDS
+  shift 2
+  echo "== $name"
+  timeout "$limit" "$@" || failed+=("$name (exit $?)")
+  echo "-- $name: $((SECONDS - start)) s"
+}
 
 if ! "$PY" -c "import diffusers" 2>/dev/null; then
   if [ -d .whl ]; then
@@ -27,15 +41,15 @@ if ! "$PY" -c "import diffusers" 2>/dev/null; then
     exit 2
   fi
 fi
-"$PY" - <<'EOF'
-import torch, diffusers, transformers
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv,noheader || true
+"$PY" - <<'PYEOF' || exit 2
+import os, torch, diffusers, transformers
 assert torch.cuda.is_available(), "no CUDA device visible to torch"
 print(f"torch {torch.__version__}, diffusers {diffusers.__version__}, transformers {transformers.__version__}, "
-      f"{torch.cuda.get_device_name()}")
-EOF
+      f"{torch.cuda.get_device_name()}, {os.cpu_count()} CPUs")
+PYEOF
 
-echo "== 1. CUDA correctness on a tiny SD2-shaped model"
-"$PY" - <<'EOF'
+step "1. CUDA correctness on a tiny SD2-shaped model" 90 "$PY" - <<'PYEOF'
 import pathlib, sys, tempfile
 import numpy as np, torch
 sys.path.insert(0, ".")
@@ -56,15 +70,21 @@ fp16_err = (fp16 - fp32).abs().max().item() / fp32.abs().max().item()
 print(f"cuda fp32 vs cpu fp32 max abs diff {fp32_err:.2e}; cuda fp16 vs fp32 max rel diff {fp16_err:.2e}")
 assert fp32_err < 1e-4 and fp16_err < 5e-2, "CUDA results disagree with the CPU reference"
 print("PASS")
-EOF
+PYEOF
 
-echo "== 2. full-size SD2 (random weights), cuda fp16, r=128, with balancing"
-"$PY" benchmarks/bench_image.py --device cuda --dtype float16 --resolution 128 --warmup 2 --repeats 5 \
+step "2. full-size SD2 (random weights), cuda fp16, r=128, with balancing" 150 \
+  "$PY" benchmarks/bench_image.py --device cuda --dtype float16 --resolution 128 --warmup 2 --repeats 5 \
   --compare-early-stop --target-seconds 0.5 --target-gib 5.59 --out "$RESULTS/sd_image_gpu.md"
 
-echo "== 3. per click on the GPU: exact vs fast, r=128, 854×480, clicks 1/5/10 (synthetic SD-like attention)"
-if [ -d ../shared/datasets/GrabCut ]; then
-  "$PY" benchmarks/bench_click.py --device cuda --attention sd-like --resolutions 128 --out "$RESULTS/click_gpu.md"
+if [ -d "$M2N2_DATASETS/GrabCut" ]; then
+  step "3. per click on the GPU: exact vs fast, r=64 and 128, 854x480, clicks 1/5/10 (synthetic SD-like attention)" 200 \
+    "$PY" benchmarks/bench_click.py --device cuda --attention sd-like --resolutions 64 128 --out "$RESULTS/click_gpu.md"
+  step "4. per image after the attention on the GPU: balancing, storage, subspace, JBU operator" 90 \
+    "$PY" benchmarks/bench_prepare.py --device cuda --attention sd-like --resolutions 64 128 --out "$RESULTS/prepare_gpu.md"
 else
-  echo "GrabCut not found beside the repo: per-click GPU timing skipped"
+  failed+=("3 and 4: GrabCut not found at $M2N2_DATASETS/GrabCut")
 fi
+
+echo "== summary: ${#failed[@]} step(s) failed or missed a target"
+for f in "${failed[@]}"; do echo "   $f"; done
+exit "${#failed[@]}"
