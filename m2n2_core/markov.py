@@ -7,7 +7,7 @@ import numba
 import numpy as np
 import torch
 
-from .subspace import SlowSubspace
+from .subspace import STEPS, SlowSubspace
 from .transition import Transition
 
 _ENTER_EVERY = 4  # steps between checks whether the chains' vectors lie in the subspace
@@ -37,7 +37,10 @@ def markov_maps(transition: Transition, starts: torch.Tensor, tau: float = 0.3, 
     steps i and i+1 is placed at i + 1 − (p_{i+1} − τ)/(Δ + 1e−6), Δ = p_{i+1} − p_i (Δ = 1 − τ for i = 0).
     Stops once every cell of every chain has arrived; cells that never arrive get ``max_iterations``. With a
     ``subspace`` of A's slowest modes, the chains continue in it once their vectors lie in it (checked every
-    ``_ENTER_EVERY`` steps; ``m2n2_core.subspace``).
+    ``_ENTER_EVERY`` steps; ``m2n2_core.subspace``), up to ``subspace.STEPS`` steps at a time.
+
+    Off the CPU, the host reads the device (whether cells are pending) only every ``_ENTER_EVERY`` steps and once per
+    block: the steps in between record no arrival once none is pending, so the times are the same.
     """
     device = transition.matrix.device
     transition = transition.for_chain()
@@ -48,33 +51,60 @@ def markov_maps(transition: Transition, starts: torch.Tensor, tau: float = 0.3, 
     pending = p <= tau
     arrival[~pending] = 0.0
     advance = _advance_compiled if device.type == "cpu" and dtype == torch.float32 else _advance
+    check_every = _check_every(device)
     coordinates = None  # the chains' coordinates in the subspace, once they run there
-    for i in range(max_iterations):
-        if not bool(pending.any()):
+    i = 0  # steps taken
+    while i < max_iterations:
+        if (coordinates is not None or i % check_every == 0) and not bool(pending.any()):
             break
         if coordinates is None:
             nxt = transition.step(p).contiguous()
+            advance(p, nxt, arrival, pending, i, tau, interpolate)
+            p, i = nxt, i + 1
+            if subspace is not None and i % _ENTER_EVERY == 0:
+                coordinates = subspace.enter(p)
         else:
-            coordinates, nxt = subspace.step(coordinates)
-            coordinates /= nxt.amax(dim=1, keepdim=True).clamp_min(1e-38).double()  # as advance normalises nxt
-        advance(p, nxt, arrival, pending, i, tau, interpolate)
-        p = nxt
-        if subspace is not None and coordinates is None and i % _ENTER_EVERY == _ENTER_EVERY - 1:
-            coordinates = subspace.enter(p)
+            m = min(STEPS, max_iterations - i)
+            coordinates, block = subspace.steps(coordinates, m)
+            top = block.amax(dim=2, keepdim=True).clamp_min(1e-38)
+            block /= top
+            coordinates /= top[-1].double()  # as the vectors are normalised
+            p, i = _advance_block(p, block, arrival, pending, i, tau, interpolate), i + m
     return arrival
 
 
+def _check_every(device: torch.device) -> int:
+    """Steps between the host's reads of whether cells are pending (each read waits for an accelerator)."""
+    return 1 if device.type == "cpu" else _ENTER_EVERY
+
+
 def _advance(p, nxt, arrival, pending, i, tau, interpolate):
-    """Step i → i+1 in place: normalise ``nxt`` (p_{i+1}) by its row max, record the arrivals of pending cells."""
+    """Step i → i+1 in place: normalise ``nxt`` (p_{i+1}) by its row max, record the arrivals of pending cells
+    (without reading anything back to the host)."""
     nxt /= nxt.amax(dim=1, keepdim=True).clamp_min(1e-38)
     crossed = pending & (nxt > tau)
-    if bool(crossed.any()):
-        if interpolate:
-            delta = (1.0 - tau) if i == 0 else (nxt - p)
-            arrival.copy_(torch.where(crossed, (i + 1) - (nxt - tau) / (delta + 1e-6), arrival))
-        else:
-            arrival[crossed] = float(i + 1)
-        pending &= ~crossed
+    if interpolate:
+        delta = (1.0 - tau) if i == 0 else (nxt - p)
+        arrival.copy_(torch.where(crossed, (i + 1) - (nxt - tau) / (delta + 1e-6), arrival))
+    else:
+        arrival.masked_fill_(crossed, float(i + 1))
+    pending &= ~crossed
+
+
+def _advance_block(p, block, arrival, pending, i, tau, interpolate):
+    """Steps i → i+m at once (i > 0), as m calls of ``_advance``: ``block`` (m×K×N) holds p_{i+1} … p_{i+m},
+    normalised; records each pending cell's first crossing in the block. Returns p_{i+m}."""
+    above = block > tau
+    crossed = pending & above.any(0)
+    first = above.to(torch.uint8).argmax(0, keepdim=True)  # the first step above τ (argmax: the first maximum)
+    step = (first[0] + (i + 1)).to(block.dtype)
+    if interpolate:
+        nxt = block.gather(0, first)[0]
+        prev = torch.where(first[0] == 0, p, block.gather(0, (first - 1).clamp_min(0))[0])
+        step = step - (nxt - tau) / ((nxt - prev) + 1e-6)
+    arrival.copy_(torch.where(crossed, step, arrival))
+    pending &= ~crossed
+    return block[-1]
 
 
 def _advance_compiled(p, nxt, arrival, pending, i, tau, interpolate):

@@ -4,7 +4,9 @@ cost of full steps (the fast path, for dense matrices).
 A chain's vector p_t = p₀·Aᵗ soon loses its components along A's fast-decaying modes (|λ| ≪ 1): after a few dozen
 steps it lies, to rounding level, in the span of the few slowest ones. Once it does (checked on each chain, see
 ``SlowSubspace.enter``), every further step is y ← y·T in k coordinates and p = y·B, with B (k×N) an orthonormal basis
-of that span and T = B·A·Bᵀ (k×k): k·N work instead of a read of the whole N×N matrix. B comes from subspace
+of that span and T = B·A·Bᵀ (k×k): k·N work instead of a read of the whole N×N matrix, and up to ``STEPS`` steps are
+taken at once (y·T¹ … y·Tᵐ from T's stored powers, then one product with B), so that a chain's tail costs a few
+operations per block of steps rather than per step (what matters on a GPU, where each operation costs a launch). B comes from subspace
 iteration on A once per image (fp32, then fp64 to remove fp32's rounding from the basis), and a real Schur form of T
 picks the slowest modes of the iterated block, whose basis the iteration has converged best.
 
@@ -28,6 +30,7 @@ KEEP = 0.5                  # fraction of the block kept: its slowest modes
 ITERATIONS = 32             # fp32 subspace iterations
 POLISH = 8                  # fp64 iterations after them
 ENTRY_TOLERANCE = 3e-5      # a chain enters the subspace once no entry of p / max(p) lies farther from it
+STEPS = 32                  # most chain steps taken at once in the subspace (powers of its dynamics kept)
 _ORTHONORMALISE_EVERY = 4   # fp32 iterations between re-orthonormalisations
 _COLUMNS = 1024             # columns of A converted to fp64 at a time (bounds the transient copy)
 
@@ -36,10 +39,11 @@ _COLUMNS = 1024             # columns of A converted to fp64 at a time (bounds t
 class SlowSubspace:
     basis: torch.Tensor     # k×N fp32, orthonormal rows
     dynamics: torch.Tensor  # k×k fp64: basis·A·basisᵀ
+    powers: torch.Tensor    # STEPS×k×k fp64: dynamics¹ … dynamics^STEPS
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.basis, self.dynamics))
+        return sum(t.numel() * t.element_size() for t in (self.basis, self.dynamics, self.powers))
 
     def enter(self, p: torch.Tensor) -> Optional[torch.Tensor]:
         """Coordinates (K×k fp64) of the chains' max-normalised vectors p (K×N fp32) when every entry of every row
@@ -49,10 +53,11 @@ class SlowSubspace:
             return None
         return y.double()
 
-    def step(self, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """One chain step in coordinates: y·T and its vectors (K×N fp32), unnormalised like a full step's."""
-        y = y @ self.dynamics
-        return y, (y.to(torch.float32) @ self.basis).contiguous()
+    def steps(self, y: torch.Tensor, m: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """m ≤ STEPS chain steps at once from coordinates y (K×k fp64): the coordinates y·Tᵐ after them, and the
+        vectors y·Tᵗ·B of steps t = 1 … m (m×K×N fp32), unnormalised like full steps'."""
+        ys = y @ self.powers[:m]
+        return ys[-1], ys.to(torch.float32) @ self.basis
 
 
 def slow_subspace(matrix: torch.Tensor, block: int = BLOCK, seed: int = 0) -> SlowSubspace:
@@ -75,7 +80,10 @@ def slow_subspace(matrix: torch.Tensor, block: int = BLOCK, seed: int = 0) -> Sl
     zk = torch.from_numpy(np.ascontiguousarray(z[:, :k])).to(x.device)
     basis = (zk.T @ x).to(torch.float32).contiguous()
     dynamics = (zk.T @ torch.from_numpy(t).to(x.device) @ zk).contiguous()
-    return SlowSubspace(basis, dynamics)
+    powers = [dynamics]
+    for _ in range(STEPS - 1):
+        powers.append(powers[-1] @ dynamics)
+    return SlowSubspace(basis, dynamics, torch.stack(powers))
 
 
 def _orthonormal_rows(x: torch.Tensor) -> torch.Tensor:

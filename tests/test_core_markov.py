@@ -183,6 +183,40 @@ def test_compiled_arrival_bookkeeping_equals_the_torch_one(monkeypatch, interpol
     assert bool((compiled < max_iterations).any()) and bool((compiled > 0).any())
 
 
+@pytest.mark.parametrize("interpolate", [True, False])
+def test_a_block_of_steps_records_the_same_arrivals_as_single_steps(interpolate):
+    """``_advance_block`` (the subspace's blocks of steps) equals ``_advance`` called once per step of the block."""
+    from m2n2_core import markov
+    g = torch.Generator().manual_seed(5)
+    p = torch.rand(3, 50, generator=g)
+    p /= p.amax(1, keepdim=True)
+    block = torch.rand(8, 3, 50, generator=g) ** 3  # cells cross τ at different steps of the block, some never
+    block /= block.amax(2, keepdim=True)
+    pending = p <= 0.3
+    arrival = torch.where(pending, 1000.0, 0.0)
+    pending_b, arrival_b = pending.clone(), arrival.clone()
+    last = markov._advance_block(p, block.clone(), arrival_b, pending_b, 6, 0.3, interpolate)
+    for t in range(block.shape[0]):
+        nxt = block[t].clone()
+        markov._advance(p, nxt, arrival, pending, 6 + t, 0.3, interpolate)
+        p = nxt
+    assert torch.equal(last, p) and torch.equal(pending_b, pending) and bool(pending.any()) and bool((~pending).any())
+    torch.testing.assert_close(arrival_b, arrival, rtol=0, atol=1e-6)
+
+
+def test_reading_pending_cells_every_few_steps_gives_the_same_times(monkeypatch):
+    """Off the CPU the host checks for pending cells only every few steps (each check waits for the device)."""
+    from m2n2_core import markov
+    t = Transition.exact(random_chain(9, seed=6))
+    starts = click_grid_starts([(13, 27), (90, 5), (50, 50)], 100, 100, 9)
+    every_step = markov_maps(t, starts)
+    counting = CountingTransition(t.matrix)
+    monkeypatch.setattr(markov, "_check_every", lambda device: 4)
+    monkeypatch.setattr(markov, "_advance_compiled", markov._advance)
+    torch.testing.assert_close(markov_maps(counting, starts), every_step, rtol=0, atol=2e-6)
+    assert counting.steps % 4 == 0 and float(every_step.max()) < counting.steps < float(every_step.max()) + 5
+
+
 def test_a_reference_transition_runs_the_chain_in_fp64():
     """``Transition.reference``: every step, normalisation and comparison in fp64 — the yardstick for rounding."""
     a = random_chain(9, seed=4)

@@ -75,6 +75,17 @@ def test_chains_that_finish_in_the_subspace_track_exact_arithmetic_closer_than_f
     assert error < 1e-2 and error < float((fp32.double() - exact).abs().max())
 
 
+def test_steps_in_a_block_are_the_steps_one_at_a_time(balanced):
+    s = slow_subspace(balanced.dense())
+    y = torch.randn(2, s.basis.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    last, vectors = s.steps(y, 5)
+    assert vectors.shape == (5, 2, R * R) and vectors.dtype == torch.float32
+    for t in range(5):
+        y = y @ s.dynamics
+        torch.testing.assert_close(vectors[t], y.float() @ s.basis, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(last, y, rtol=1e-12, atol=1e-12)
+
+
 def test_a_chain_that_never_gets_close_to_the_subspace_is_untouched(balanced):
     other = slow_subspace(balance(affinity_attention(IMAGE[::-1].copy(), R), 0.65, 200), block=8)  # another matrix
     starts = click_grid_starts([(45, 30)], 96, 72, R)
