@@ -114,7 +114,9 @@ class JBUOperator:
         bh, bw = self.weights.shape[2:]
         m = np.zeros((self.r + bh, self.r + bw), dtype=np.float32)
         m[: self.r, : self.r] = grid_map.to(torch.float32).numpy()
-        out = torch.from_numpy(_apply_blocks(m, self.by, self.bx, self.weights.numpy()))
+        out = np.empty((self.height, self.width), dtype=np.float32)
+        threads.over_range(_apply_blocks, self.height, m, self.by, self.bx, self.weights.numpy(), out, min_part=32)
+        out = torch.from_numpy(out)
         return out / out.max().clamp_min(1e-12)
 
 
@@ -165,11 +167,10 @@ def _operator_rows(planes, gx, gy, bx, cell_x, frac_x, by, cell_y, frac_y, scale
 
 
 @numba.njit(nogil=True, cache=True)
-def _apply_blocks(m, by, bx, weights):  # pragma: no cover - compiled
-    """out[y, x] = Σ_ab m[by[y] + a, bx[x] + b] · weights[y, x, a, b]."""
-    h, w, bh, bw = weights.shape
-    out = np.empty((h, w), dtype=np.float32)
-    for y in range(h):
+def _apply_blocks(m, by, bx, weights, out, y0, y1):  # pragma: no cover - compiled
+    """out[y, x] = Σ_ab m[by[y] + a, bx[x] + b] · weights[y, x, a, b] for rows y0..y1."""
+    _, w, bh, bw = weights.shape
+    for y in range(y0, y1):
         y0 = by[y]
         for x in range(w):
             x0 = bx[x]
@@ -178,7 +179,6 @@ def _apply_blocks(m, by, bx, weights):  # pragma: no cover - compiled
                 for b in range(bw):
                     acc += m[y0 + a, x0 + b] * weights[y, x, a, b]
             out[y, x] = acc
-    return out
 
 
 def _block_cells(size: int, r: int, radius: int):
