@@ -20,7 +20,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 RESULTS=${OUT:-benchmarks/results}
-export M2N2_DATASETS=${M2N2_DATASETS:-../shared/datasets} PYTHONUNBUFFERED=1
+export M2N2_DATASETS=${M2N2_DATASETS:-../shared/datasets} PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 mkdir -p "$RESULTS"
 exec > >(tee "$RESULTS/gpu_check.log") 2>&1
 failed=()
