@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence, Tuple
 
+import numba
 import numpy as np
 from scipy import ndimage
 
@@ -74,21 +75,35 @@ def select_threshold(cand: Candidates, own: int, same: Sequence[int], opposite: 
     """λ_i and its score: the candidate maximising prior × edge × positive × negative (ties → smallest λ).
 
     ``own``, ``same`` and ``opposite`` are flat pixel indices of click i, the other clicks with i's label, and the
-    clicks with the other label.
+    clicks with the other label. One compiled pass over the candidates (the scores' factors multiplied in this order,
+    in fp64).
     """
     values = cand.values
-    k = values.size
-    score = np.ones(k, dtype=np.float64)
-    if use_edge:
-        score *= cand.edge
-    if use_prior:
-        score *= (np.arange(1, k + 1) < area_prior * (k + 1))
-    if use_positive:
-        inside_from = np.searchsorted(values, cand.flat[[own, *same]], side="left")  # q ∈ S_k ⟺ k ≥ this
-        count = np.cumsum(np.bincount(inside_from, minlength=k + 1)[:k])
-        score *= count / (1 + len(same))
-    if use_negative:
-        limit = cand.flat[list(opposite)].min() if len(opposite) else cand.flat.max()
-        score *= values < limit
-    best = int(np.argmax(score))
-    return float(values[best]), float(score[best])
+    inside_from = np.sort(np.searchsorted(values, cand.flat[[own, *same]], side="left"))  # q ∈ S_k ⟺ k ≥ this
+    limit = cand.flat[list(opposite)].min() if len(opposite) else cand.flat.max()
+    best, score = _best_candidate(values, cand.edge, inside_from, float(1 + len(same)), area_prior * (values.size + 1),
+                                  limit, use_edge, use_prior, use_positive, use_negative)
+    return float(values[best]), score
+
+
+@numba.njit(nogil=True, cache=True)
+def _best_candidate(values, edge, inside_from, clicks, prior_limit, limit, use_edge, use_prior, use_positive,
+                    use_negative):  # pragma: no cover - compiled
+    """The first k maximising edge[k] · [k + 1 < prior_limit] · #{inside_from ≤ k} / clicks · [values[k] < limit]
+    (each factor only when used), and that maximum."""
+    best, best_score, inside = 0, -1.0, 0
+    for k in range(values.size):
+        while inside < inside_from.size and inside_from[inside] <= k:
+            inside += 1
+        score = 1.0
+        if use_edge:
+            score *= edge[k]
+        if use_prior:
+            score *= 1.0 if k + 1 < prior_limit else 0.0
+        if use_positive:
+            score *= inside / clicks
+        if use_negative:
+            score *= 1.0 if values[k] < limit else 0.0
+        if score > best_score:
+            best, best_score = k, score
+    return best, best_score
