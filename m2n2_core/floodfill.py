@@ -1,8 +1,9 @@
 """Minimax flood fill (spec §3): the bottleneck distance from the click through the map.
 
-Two implementations of the same function: a compiled priority flood (the fast default, O(P log P) with a binary heap
-in machine code) and morphological reconstruction by erosion (scikit-image; the exact path's reference). Both only
-take maxima of the input values, so they return identical arrays; the tests assert it.
+Two implementations of the same function: a compiled priority flood (the fast default: the costs sorted once by a
+radix sort, then one bucket per rank, so O(P) after the sort) and morphological reconstruction by erosion
+(scikit-image; the exact path's reference). Both only take maxima of the input values, so they return identical
+arrays; the tests assert it.
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import numba
 import numpy as np
 from scipy import ndimage
 from skimage.morphology import reconstruction
+
+from .sorting import stable_argsort
 
 _CROSS = ndimage.generate_binary_structure(2, 1)
 
@@ -20,7 +23,7 @@ def minimax_distance(values: np.ndarray, y: int, x: int) -> np.ndarray:
     Every sub-level set {D ≤ t} is connected and contains the click. Computed by a priority flood from the click.
     """
     cost = _cost(values, y, x)
-    return _normalised(_priority_flood(cost, y * cost.shape[1] + x))
+    return _normalised(_priority_flood(cost, stable_argsort(cost), y * cost.shape[1] + x))
 
 
 def minimax_distance_reconstruction(values: np.ndarray, y: int, x: int) -> np.ndarray:
@@ -42,33 +45,30 @@ def _normalised(d: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(nogil=True, cache=True)
-def _priority_flood(cost, start):  # pragma: no cover - compiled
-    """Pixels leave a min-heap in order of their bottleneck key; a pixel's key is max(key of the pixel that first
-    reached it, its own cost), final when pushed because every later pop has a key at least as large."""
+def _priority_flood(cost, order, start):  # pragma: no cover - compiled
+    """Pixels leave in order of their bottleneck key, a rank in the costs' ascending ``order``: a pixel's key is
+    max(its own rank, the key of the pixel that first reached it), final when reached because keys leave in
+    nondecreasing order. One bucket (a linked list) per rank, scanned upwards once."""
     h, w = cost.shape
+    n = h * w
     flat = cost.ravel()
-    out = np.empty(h * w, dtype=np.float64)
-    seen = np.zeros(h * w, dtype=np.bool_)
-    keys = np.empty(h * w, dtype=np.float64)
-    items = np.empty(h * w, dtype=np.int64)
-    keys[0], items[0], size = flat[start], start, 1
-    seen[start] = True
-    while size > 0:
-        key, i = keys[0], items[0]
-        out[i] = key
-        size -= 1
-        if size > 0:  # move the last entry to the root and sift it down
-            last_key, last_item, j = keys[size], items[size], 0
-            while True:
-                c = 2 * j + 1
-                if c >= size:
-                    break
-                if c + 1 < size and keys[c + 1] < keys[c]:
-                    c += 1
-                if keys[c] >= last_key:
-                    break
-                keys[j], items[j], j = keys[c], items[c], c
-            keys[j], items[j] = last_key, last_item
+    rank = np.empty(n, dtype=np.int64)
+    for k in range(n):
+        rank[order[k]] = k
+    head = np.full(n, -1, dtype=np.int64)
+    link = np.empty(n, dtype=np.int64)
+    seen = np.zeros(n, dtype=np.bool_)
+    out = np.empty(n, dtype=np.float64)
+    key = rank[start]  # no pixel's key is below the click's
+    head[key], link[start], seen[start] = start, -1, True
+    while True:
+        while key < n and head[key] < 0:
+            key += 1
+        if key == n:
+            break
+        i = head[key]
+        head[key] = link[i]
+        out[i] = flat[order[key]]
         y, x = i // w, i % w
         for d in range(4):
             if d == 0:
@@ -90,13 +90,7 @@ def _priority_flood(cost, start):  # pragma: no cover - compiled
             if seen[q]:
                 continue
             seen[q] = True
-            v = max(flat[q], key)
-            j = size  # push and sift up
-            size += 1
-            while j > 0:
-                parent = (j - 1) >> 1
-                if keys[parent] <= v:
-                    break
-                keys[j], items[j], j = keys[parent], items[parent], parent
-            keys[j], items[j] = v, q
+            r = max(rank[q], key)
+            link[q] = head[r]
+            head[r] = q
     return out.reshape(h, w)

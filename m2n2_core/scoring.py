@@ -8,6 +8,8 @@ import numba
 import numpy as np
 from scipy import ndimage
 
+from .sorting import stable_argsort
+
 EDGE_LEVELS = 1024
 
 
@@ -51,37 +53,6 @@ def candidates(distance: np.ndarray) -> Candidates:
     order = stable_argsort(flat)
     edge = _ring_edge(order, edge_magnitude(distance).reshape(-1), h, w)
     return Candidates(values=flat[order][: flat.size - 1], edge=edge, flat=flat, width=w)
-
-
-def stable_argsort(values: np.ndarray) -> np.ndarray:
-    """``np.argsort(values, kind="stable")`` for float32 values without NaN (−0 and +0 equal), by a compiled radix
-    sort of their bit patterns (three passes of 11 bits; 5× faster at 410 k values)."""
-    bits = (np.ascontiguousarray(values, dtype=np.float32) + np.float32(0)).view(np.uint32)  # −0 + 0 = +0
-    keys = np.where(bits >> 31 == 1, ~bits, bits | np.uint32(1 << 31))  # float order → unsigned order
-    return _radix_argsort(keys)
-
-
-@numba.njit(nogil=True, cache=True)
-def _radix_argsort(keys):  # pragma: no cover - compiled
-    """Stable argsort of uint32 keys: least significant digit first, 11 bits per pass."""
-    n = keys.size
-    order = np.arange(n)
-    spare = np.empty(n, dtype=np.int64)
-    for shift in (0, 11, 22):
-        starts = np.zeros(2049, dtype=np.int64)
-        for i in range(n):
-            starts[((keys[i] >> shift) & 2047) + 1] += 1
-        if starts.max() == n:  # every key has the same digit here: the order stays
-            continue
-        for b in range(1, 2049):
-            starts[b] += starts[b - 1]
-        for i in range(n):
-            j = order[i]
-            b = (keys[j] >> shift) & 2047
-            spare[starts[b]] = j
-            starts[b] += 1
-        order, spare = spare, order
-    return order
 
 
 @numba.njit(nogil=True, cache=True)

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from m2n2_core.scoring import (EDGE_LEVELS, Candidates, candidates, edge_magnitude, select_threshold,
-                                stable_argsort)
+from m2n2_core.scoring import EDGE_LEVELS, Candidates, candidates, edge_magnitude, select_threshold
 
 CROSS = ndimage.generate_binary_structure(2, 1)
 
@@ -62,17 +61,6 @@ def test_candidates_match_a_brute_force_ring_mean(seed):
     np.testing.assert_allclose(c.edge, edge, rtol=1e-9, atol=1e-9)
     np.testing.assert_array_equal(c.flat, d.ravel())
     assert c.width == w
-
-
-@pytest.mark.parametrize("seed", range(6))
-def test_stable_argsort_is_numpys_stable_argsort(seed):
-    rng = np.random.default_rng(seed)
-    n = int(rng.integers(1, 20000))
-    v = (rng.standard_normal(n) * 10.0 ** rng.integers(-30, 30, n)).astype(np.float32)  # every exponent range
-    if seed % 2:
-        v = np.round(v * 4) / 4  # ties
-    v[rng.integers(0, n, n // 5)] = rng.choice(np.float32([0.0, -0.0, np.inf, -np.inf]), n // 5)
-    np.testing.assert_array_equal(stable_argsort(v), np.argsort(v, kind="stable"))
 
 
 def test_candidates_on_a_tiny_map_by_hand():
