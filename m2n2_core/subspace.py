@@ -4,11 +4,11 @@ cost of full steps (the fast path, for dense matrices).
 A chain's vector p_t = p₀·Aᵗ soon loses its components along A's fast-decaying modes (|λ| ≪ 1): after a few dozen
 steps it lies, to rounding level, in the span of the few slowest ones. Once it does (checked on each chain, see
 ``SlowSubspace.enter``), every further step is y ← y·T in k coordinates and p = y·B, with B (k×N) an orthonormal basis
-of that span and T = B·A·Bᵀ (k×k): k·N work instead of a read of the whole N×N matrix, and up to ``STEPS`` steps are
+of that span and T = B·A·Bᵀ (k×k): k·N work instead of a read of the whole N×N matrix. Up to ``STEPS`` steps are
 taken at once (y·T¹ … y·Tᵐ from T's stored powers, then one product with B), so that a chain's tail costs a few
-operations per block of steps rather than per step (what matters on a GPU, where each operation costs a launch). B comes from subspace
-iteration on A once per image (fp32, then fp64 to remove fp32's rounding from the basis), and a real Schur form of T
-picks the slowest modes of the iterated block, whose basis the iteration has converged best.
+operations per block of steps rather than per step (what matters on a GPU, where each operation costs a launch).
+B comes from subspace iteration on A once per image (fp32, then fp64 to remove fp32's rounding from the basis), and a
+real Schur form of T picks the slowest modes of the iterated block, whose basis the iteration has converged best.
 
 A chain's vector moves by at most ``ENTRY_TOLERANCE`` of its max when it enters, and by a few 10⁻⁹ per step after.
 That is less than full fp32 steps move it: their rounding accumulates along the slowest modes (7·10⁻⁴ after 400 steps
