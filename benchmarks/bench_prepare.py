@@ -66,7 +66,7 @@ def main(argv=None):
     image = load_sample(args.image)[0]
     JBUOperator(guide_image(image[:40, :60]), 8, 1.0, 0.1)  # compile the kernels outside the timings
     Transition.compact(torch.full((4, 4), 0.25))
-    stages(image[:128, :128], 16, args.attention, args.device)  # warm-up: kernel compilation, CUDA context and library handles
+    stages(image[:128, :128], 16, args.attention, args.device)  # warm-up: kernels, CUDA context, library handles
     lines = [f"### Per image after the attention, {args.attention}, GrabCut {args.image} at 854×480",
              f"{datetime.date.today()} · {cpu_name()} · device {args.device}"
              + (f" ({torch.cuda.get_device_name(args.device)})" if args.device.startswith("cuda") else ""), "",

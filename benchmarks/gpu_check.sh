@@ -77,10 +77,12 @@ step "2. full-size SD2 (random weights), cuda fp16, r=128, with balancing" 150 \
   --compare-early-stop --target-seconds 0.5 --target-gib 5.59 --out "$RESULTS/sd_image_gpu.md"
 
 if [ -d "$M2N2_DATASETS/GrabCut" ]; then
-  step "3. per click on the GPU: exact vs fast, r=64 and 128, 854x480, clicks 1/5/10 (synthetic SD-like attention)" 200 \
-    "$PY" benchmarks/bench_click.py --device cuda --attention sd-like --resolutions 64 128 --out "$RESULTS/click_gpu.md"
+  step "3. per click on the GPU: exact vs fast, r=64 and 128, 854x480, clicks 1/5/10 (SD-like attention)" 200 \
+    "$PY" benchmarks/bench_click.py --device cuda --attention sd-like --resolutions 64 128 \
+    --out "$RESULTS/click_gpu.md"
   step "4. per image after the attention on the GPU: balancing, storage, subspace, JBU operator" 90 \
-    "$PY" benchmarks/bench_prepare.py --device cuda --attention sd-like --resolutions 64 128 --out "$RESULTS/prepare_gpu.md"
+    "$PY" benchmarks/bench_prepare.py --device cuda --attention sd-like --resolutions 64 128 \
+    --out "$RESULTS/prepare_gpu.md"
 else
   failed+=("3 and 4: GrabCut not found at $M2N2_DATASETS/GrabCut")
 fi

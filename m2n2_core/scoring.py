@@ -55,8 +55,10 @@ def _sobel_magnitude_rows(d, out, y0, y1):  # pragma: no cover - compiled
         up, down = max(y - 1, 0), min(y + 1, h - 1)
         for x in range(w):
             left, right = max(x - 1, 0), min(x + 1, w - 1)
-            along_x = (d[y, right] - d[y, left]) * 2.0 + ((d[up, right] - d[up, left]) + (d[down, right] - d[down, left]))
-            along_y = (d[down, x] - d[up, x]) * 2.0 + ((d[down, left] - d[up, left]) + (d[down, right] - d[up, right]))
+            along_x = ((d[y, right] - d[y, left]) * 2.0
+                       + ((d[up, right] - d[up, left]) + (d[down, right] - d[down, left])))
+            along_y = ((d[down, x] - d[up, x]) * 2.0
+                       + ((d[down, left] - d[up, left]) + (d[down, right] - d[up, right])))
             out[y, x] = math.hypot(along_x, along_y)
 
 

@@ -171,13 +171,13 @@ def _apply_blocks(m, by, bx, weights, out, y0, y1):  # pragma: no cover - compil
     """out[y, x] = Σ_ab m[by[y] + a, bx[x] + b] · weights[y, x, a, b] for rows y0..y1."""
     _, w, bh, bw = weights.shape
     for y in range(y0, y1):
-        y0 = by[y]
+        top = by[y]
         for x in range(w):
-            x0 = bx[x]
+            left = bx[x]
             acc = np.float32(0.0)
             for a in range(bh):
                 for b in range(bw):
-                    acc += m[y0 + a, x0 + b] * weights[y, x, a, b]
+                    acc += m[top + a, left + b] * weights[y, x, a, b]
             out[y, x] = acc
 
 
